@@ -1,0 +1,106 @@
+"""The contract between a compression method (a budget policy) and the engine.
+
+A method decides two things for every layer of a sequence:
+
+* **how many tokens each KV head keeps** (its budget, window included, as `kv_size` means in the papers), and
+* **how tokens are scored** before the top-`budget` selection (`Scoring`).
+
+The engine calls, per sequence:
+
+1. `method.plan(shape, prompt_len, kv_size)` before prefill: int64 `[num_layers, num_kv_heads]` budgets. The row
+   sums are the layer totals the cache allocates; they never change afterwards.
+2. For every layer, after its full-attention prefill: the window scores of that layer (fp32
+   `[num_kv_heads, prompt_len - window]`, computed as `method.scoring` says, with
+   `method.qo_head_weights(layer)` applied), then `method.adapt(layer, budgets[layer], scores)` (adaptive methods
+   move budget between the layer's heads; the row sum must stay the same), then select + pack.
+
+Budgets are always between `min(window, prompt_len)` and `prompt_len`: a head never holds more tokens than the
+prompt has, and it always holds the observation window.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+
+
+@dataclass(frozen=True, slots=True)
+class ModelShape:
+    """The attention shape of a decoder-only model, as the methods need it."""
+
+    num_layers: int
+    num_qo_heads: int
+    num_kv_heads: int
+    head_dim: int
+
+    @property
+    def group_size(self) -> int:
+        return self.num_qo_heads // self.num_kv_heads
+
+
+@dataclass(frozen=True, slots=True)
+class Scoring:
+    """How prompt tokens are scored before each head keeps its top-`budget` tokens.
+
+    kind:
+        ``"window"``: observation-window attention (SnapKV core; `raggedkv.kernels.window_scores`).
+        ``"recency"``: positional scores, first `sinks` tokens highest, then the most recent (StreamingLLM).
+    window: observation-window size `w`; the last `w` prompt tokens are always kept.
+    window_reduce: ``"sum"`` or ``"mean"`` over the window's queries.
+    group_reduce: ``"mean"``, ``"max"`` or ``"sum"`` over the query heads of a GQA group.
+    pool: ``"max"`` or ``"avg"`` 1-D pooling, stride 1, padding `pool_size // 2` (torch's pool1d semantics).
+    pool_size: odd pooling kernel size (1 disables pooling).
+    share_across_heads: if True, the KV heads' score rows are summed into one row that every KV head of the
+        layer selects by (CompressKV).
+    sinks: number of leading tokens a ``"recency"`` scoring always keeps.
+    """
+
+    kind: Literal["window", "recency"] = "window"
+    window: int = 8
+    window_reduce: Literal["sum", "mean"] = "mean"
+    group_reduce: Literal["mean", "max", "sum"] = "mean"
+    pool: Literal["max", "avg"] = "max"
+    pool_size: int = 7
+    share_across_heads: bool = False
+    sinks: int = 4
+
+
+class Method(ABC):
+    """A compression method: per-layer, per-KV-head budgets and a scoring variant."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    scoring: Scoring
+
+    @abstractmethod
+    def plan(self, shape: ModelShape, prompt_len: int, kv_size: int) -> torch.Tensor:
+        """Budgets before prefill.
+
+        Args:
+            shape: the model's attention shape.
+            prompt_len: tokens in this sequence's prompt, >= 1.
+            kv_size: average tokens kept per head per layer, window included.
+
+        Returns:
+            int64 `[num_layers, num_kv_heads]` on the CPU, each entry in `[min(window, prompt_len), prompt_len]`.
+        """
+
+    def adapt(self, layer: int, budgets: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """Move budget between the heads of one layer once its scores are known (identity by default).
+
+        Args:
+            layer: layer index.
+            budgets: int64 `[num_kv_heads]`, this layer's row of `plan`.
+            scores: fp32 `[num_kv_heads, prompt_len - window]` pooled window scores (any device).
+
+        Returns:
+            int64 `[num_kv_heads]` on `budgets`' device with the same sum and the same bounds as `plan`.
+        """
+        return budgets
+
+    def qo_head_weights(self, layer: int) -> torch.Tensor | None:
+        """fp32 `[num_qo_heads]` weights on each query head's window scores in `layer`, or None for all ones."""
+        return None

@@ -1,0 +1,192 @@
+"""Pure-torch references for every raggedkv launcher: the test oracle and the CPU backend.
+
+Each `<name>_ref` takes the launcher's arguments minus its tuning knobs and does the same thing, readably and
+vectorised (no Python loop over segments or heads). They compute in fp32, or in fp64 when given fp64 inputs, so
+tests can compare a kernel against an fp64 oracle. This module imports no Triton.
+
+Layout (see `raggedkv.kernels` for the picture): a segment `s = b * num_kv_heads + h` is one (sequence, KV head);
+it owns rows `kv_indptr[s] .. kv_indptr[s + 1]` of `k_cache`/`v_cache` (`[total_slots, head_dim]`), of which
+the first `kv_lens[s]` are valid. Query head `q` of a sequence reads KV head `q // group_size` (HF head order).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def window_scores_ref(
+    q_win: torch.Tensor,
+    k: torch.Tensor,
+    *,
+    window_reduce: str = "mean",
+    group_reduce: str = "mean",
+    pool: str = "max",
+    pool_size: int = 7,
+    qo_head_weights: torch.Tensor | None = None,
+    sm_scale: float | None = None,
+) -> torch.Tensor:
+    """Observation-window scores of every prefix token, per KV head (materialises `[heads, w, n]`).
+
+    Args:
+        q_win: `[num_qo_heads, w, head_dim]`, the last `w` prompt queries after RoPE.
+        k: `[num_kv_heads, n, head_dim]`, all `n` prompt keys after RoPE; `1 <= w <= n`.
+        window_reduce: "sum" or "mean" over the `w` window queries.
+        group_reduce: "mean", "max" or "sum" over the query heads of each KV head's group.
+        pool: "max" or "avg" 1-D pooling, stride 1, padding `pool_size // 2`; avg counts the zero padding.
+        pool_size: odd kernel size; 1 means no pooling.
+        qo_head_weights: optional `[num_qo_heads]` factors on each query head's scores before the group reduce.
+        sm_scale: softmax scale, default `1 / sqrt(head_dim)`.
+
+    Returns:
+        `[num_kv_heads, n - w]` fp32 (fp64 for fp64 inputs). Window query `i` sits at position `n - w + i` and
+        attends causally to keys `0 .. n - w + i`; every row is normalised over all its keys, window keys
+        included, and the window columns are then dropped.
+    """
+    num_qo_heads, w, head_dim = q_win.shape
+    num_kv_heads, n, _ = k.shape
+    group = num_qo_heads // num_kv_heads
+    dtype = _compute_dtype(q_win, k)
+    scale = sm_scale if sm_scale is not None else 1.0 / math.sqrt(head_dim)
+
+    keys = k.to(dtype).repeat_interleave(group, dim=0)  # [Hq, n, D]
+    logits = torch.matmul(q_win.to(dtype), keys.transpose(1, 2)) * scale  # [Hq, w, n]
+    query_pos = torch.arange(n - w, n, device=k.device)[:, None]
+    key_pos = torch.arange(n, device=k.device)[None, :]
+    logits = logits.masked_fill(key_pos > query_pos, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)[:, :, : n - w]  # [Hq, w, n - w]
+
+    per_head = probs.sum(dim=1) if window_reduce == "sum" else probs.mean(dim=1)  # [Hq, n - w]
+    if qo_head_weights is not None:
+        per_head = per_head * qo_head_weights.to(dtype)[:, None]
+    grouped = per_head.view(num_kv_heads, group, n - w)
+    if group_reduce == "mean":
+        scores = grouped.mean(dim=1)
+    elif group_reduce == "max":
+        scores = grouped.amax(dim=1)
+    else:
+        scores = grouped.sum(dim=1)
+
+    if pool_size > 1 and n - w > 0:
+        pool_fn = F.max_pool1d if pool == "max" else F.avg_pool1d
+        scores = pool_fn(scores[:, None, :], pool_size, stride=1, padding=pool_size // 2)[:, 0, :]
+    return scores
+
+
+def select_and_pack_ref(
+    scores: torch.Tensor,
+    budgets: torch.Tensor,
+    k_src: torch.Tensor,
+    v_src: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    kv_indptr: torch.Tensor,
+    kv_lens: torch.Tensor,
+    first_segment: int = 0,
+) -> None:
+    """Keep each source segment's top-`budgets[i]` prefix tokens plus its window, packed into the cache in place.
+
+    Args:
+        scores: `[num_src, m]` fp32 pooled scores of the `m = n - w` prefix tokens of each source segment.
+        budgets: `[num_src]` int32/int64, prefix tokens to keep per segment, `0 <= budgets[i] <= m`.
+        k_src, v_src: `[num_src, n, head_dim]`, the full prompt keys/values; the last `w = n - m` are the window.
+        k_cache, v_cache: `[total_slots, head_dim]`, written in place.
+        kv_indptr: `[num_segments + 1]` int32 row offsets; kv_lens: `[num_segments]` int32, set in place.
+        first_segment: source segment `i` goes to cache segment `first_segment + i`.
+
+    Segment `first_segment + i` receives, from its first row on: the kept prefix tokens in position order, then
+    the `w` window tokens; `kv_lens` becomes `budgets[i] + w`. Ties in `scores` go to the lower position.
+    Rows past `budgets[i] + w` and all other segments are left untouched.
+    """
+    num_src, m = scores.shape
+    n = k_src.shape[1]
+    device = scores.device
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices  # [num_src, m]
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(m, device=device).expand(num_src, m).contiguous())
+    keep = torch.cat(
+        [rank < budgets.to(device=device, dtype=torch.int64)[:, None], torch.ones(num_src, n - m, dtype=torch.bool, device=device)],
+        dim=1,
+    )  # [num_src, n]
+    slot = keep.to(torch.int64).cumsum(dim=1) - 1
+    segment = torch.arange(first_segment, first_segment + num_src, device=device)
+    rows = kv_indptr.to(torch.int64)[segment][:, None] + slot  # [num_src, n]
+    src_seg, src_pos = keep.nonzero(as_tuple=True)
+    dst = rows[src_seg, src_pos]
+    k_cache[dst] = k_src[src_seg, src_pos].to(k_cache.dtype)
+    v_cache[dst] = v_src[src_seg, src_pos].to(v_cache.dtype)
+    kv_lens[segment] = keep.sum(dim=1).to(kv_lens.dtype)
+
+
+def append_kv_ref(
+    k_new: torch.Tensor,
+    v_new: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    kv_indptr: torch.Tensor,
+    kv_lens: torch.Tensor,
+) -> None:
+    """Write one new K/V row per segment at `kv_indptr[s] + kv_lens[s]` and increment `kv_lens`, in place.
+
+    Args:
+        k_new, v_new: `[num_segments, head_dim]`, segment `s = b * num_kv_heads + h`.
+        k_cache, v_cache: `[total_slots, head_dim]`.
+        kv_indptr: `[num_segments + 1]` int32; kv_lens: `[num_segments]` int32.
+
+    A segment already at capacity (`kv_lens[s] == kv_indptr[s + 1] - kv_indptr[s]`) is left unchanged, length
+    included: the caller reserves decode headroom.
+    """
+    start = kv_indptr[:-1].to(torch.int64)
+    capacity = kv_indptr[1:].to(torch.int64) - start
+    fits = kv_lens.to(torch.int64) < capacity
+    rows = (start + kv_lens.to(torch.int64))[fits]
+    k_cache[rows] = k_new[fits].to(k_cache.dtype)
+    v_cache[rows] = v_new[fits].to(v_cache.dtype)
+    kv_lens += fits.to(kv_lens.dtype)
+
+
+def ragged_decode_attention_ref(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    kv_indptr: torch.Tensor,
+    kv_lens: torch.Tensor,
+    sm_scale: float | None = None,
+) -> torch.Tensor:
+    """One decode query per sequence attending to its ragged per-KV-head segments.
+
+    Args:
+        q: `[batch, num_qo_heads, head_dim]`.
+        k_cache, v_cache: `[total_slots, head_dim]`.
+        kv_indptr: `[batch * num_kv_heads + 1]` int32; kv_lens: `[batch * num_kv_heads]` int32.
+        sm_scale: default `1 / sqrt(head_dim)`.
+
+    Returns:
+        `[batch, num_qo_heads, head_dim]` in `q.dtype`; a query head whose segment is empty gets zeros.
+    """
+    batch, num_qo_heads, head_dim = q.shape
+    num_segments = kv_lens.numel()
+    num_kv_heads = num_segments // batch
+    group = num_qo_heads // num_kv_heads
+    dtype = _compute_dtype(q, k_cache)
+    scale = sm_scale if sm_scale is not None else 1.0 / math.sqrt(head_dim)
+
+    max_len = int(kv_lens.max()) if num_segments else 0
+    offsets = torch.arange(max_len, device=q.device)
+    valid = offsets[None, :] < kv_lens.to(torch.int64)[:, None]  # [S, L]
+    rows = torch.where(valid, kv_indptr[:-1].to(torch.int64)[:, None] + offsets[None, :], 0)
+    keys = k_cache[rows].to(dtype)  # [S, L, D]
+    values = v_cache[rows].to(dtype)
+
+    queries = q.to(dtype).reshape(num_segments, group, head_dim)
+    logits = torch.matmul(queries, keys.transpose(1, 2)) * scale  # [S, G, L]
+    logits = logits.masked_fill(~valid[:, None, :], float("-inf"))
+    probs = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # empty segments: all -inf -> zeros
+    out = torch.matmul(probs, values)  # [S, G, D]
+    return out.reshape(batch, num_qo_heads, head_dim).to(q.dtype)
