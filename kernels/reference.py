@@ -174,7 +174,7 @@ def ragged_decode_attention_ref(
     num_segments = kv_lens.numel()
     num_kv_heads = num_segments // batch
     group = num_qo_heads // num_kv_heads
-    dtype = _compute_dtype(q, k_cache)
+    dtype = _compute_dtype(q, k_cache, v_cache)
     scale = sm_scale if sm_scale is not None else 1.0 / math.sqrt(head_dim)
 
     max_len = int(kv_lens.max()) if num_segments else 0
@@ -187,6 +187,7 @@ def ragged_decode_attention_ref(
     queries = q.to(dtype).reshape(num_segments, group, head_dim)
     logits = torch.matmul(queries, keys.transpose(1, 2)) * scale  # [S, G, L]
     logits = logits.masked_fill(~valid[:, None, :], float("-inf"))
-    probs = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # empty segments: all -inf -> zeros
+    probs = torch.softmax(logits, dim=-1)
+    probs = torch.where(valid.any(dim=-1)[:, None, None], probs, 0.0)  # an empty segment attends to nothing
     out = torch.matmul(probs, values)  # [S, G, D]
     return out.reshape(batch, num_qo_heads, head_dim).to(q.dtype)

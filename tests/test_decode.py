@@ -1,0 +1,274 @@
+"""ragged_decode_attention vs the fp64 reference (and the reference vs SDPA), on sentinel-filled ragged caches.
+
+Half-precision outputs carry one extra rounding, the cast on store: up to one ulp of the output dtype under the
+interpreter, which truncates fp32 -> bf16 instead of rounding to nearest. `output_tolerance` adds that ulp to
+`TOLERANCE`; `test_decode_half_caches_fp32_query` shows the fp32 math itself meets the fp32 limit on fp16/bf16
+caches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from raggedkv.kernels import SegmentPlan
+from raggedkv.kernels.decode import _pick_block_n, _pick_chunk_size, plan_decode, ragged_decode_attention
+from raggedkv.kernels.reference import ragged_decode_attention_ref
+from tests.utils import TOLERANCE, assert_close, random_lengths_plan, sentinel_cache
+
+CHUNK = 128  # chunk size of the edge-length cases: BLOCK_N is 32 or 64, so a chunk holds 2-4 tiles
+
+
+def dtype_id(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def output_tolerance(dtype: torch.dtype) -> float:
+    """Relative error limit of an output in `dtype`: the compute limit plus one ulp for the cast on store."""
+    return TOLERANCE[dtype] + torch.finfo(dtype).eps
+
+
+def valid_rows(plan: SegmentPlan) -> torch.Tensor:
+    """Row indices of every valid token, `[sum(kv_lens)]` int64."""
+    starts, lens = plan.kv_indptr[:-1].tolist(), plan.kv_lens.tolist()
+    rows = [torch.arange(start, start + n) for start, n in zip(starts, lens, strict=True)]
+    return torch.cat([*rows, torch.zeros(0, dtype=torch.int64)])
+
+
+def ragged_cache(plan: SegmentPlan, head_dim: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A sentinel-filled `[total_slots, head_dim]` cache with random values in the valid rows of `plan`."""
+    cache = sentinel_cache(plan.total_slots, head_dim, dtype, device)
+    rows = valid_rows(plan).to(device)
+    cache[rows] = torch.randn(rows.numel(), head_dim, device=device).to(dtype)
+    return cache
+
+
+def make_case(lens, batch, group, head_dim, dtype, device, *, headroom=3, q_dtype=None):
+    """Query, K/V caches and plan for segments of `lens` tokens (`len(lens) == batch * num_kv_heads`)."""
+    plan = random_lengths_plan(list(lens), headroom, device)
+    num_qo_heads = len(lens) // batch * group
+    q = torch.randn(batch, num_qo_heads, head_dim, device=device).to(q_dtype or dtype)
+    k_cache = ragged_cache(plan, head_dim, dtype, device)
+    v_cache = ragged_cache(plan, head_dim, dtype, device)
+    return q, k_cache, v_cache, plan
+
+
+def expected_output(q, k_cache, v_cache, plan, sm_scale=None):
+    """The reference in fp64 from the same inputs."""
+    return ragged_decode_attention_ref(q.double(), k_cache.double(), v_cache.double(), plan.kv_indptr,
+                                       plan.kv_lens, sm_scale)
+
+
+def run_decode(q, k_cache, v_cache, plan, chunk_size, **kwargs):
+    """The kernel with a capacity plan for `chunk_size` (the no-sync, CUDA-graph path)."""
+    chunk_size, max_chunks = plan_decode(plan.capacities, chunk_size=chunk_size)
+    return ragged_decode_attention(q, k_cache, v_cache, plan.kv_indptr, plan.kv_lens, chunk_size=chunk_size,
+                                   max_chunks=max_chunks, **kwargs)
+
+
+def edge_lengths(head_dim: int) -> list[int]:
+    """Nine segment lengths that break ragged kernels, in random order: 0, 1, BLOCK_N +- 1, CHUNK +- 1, long."""
+    block_n = _pick_block_n(head_dim, CHUNK)
+    lens = [0, 1, block_n - 1, block_n, block_n + 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 5]
+    return [lens[i] for i in torch.randperm(len(lens)).tolist()]
+
+
+class _FailOnSync(TorchDispatchMode):
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            raise AssertionError("host sync: aten._local_scalar_dense")
+        return func(*args, **(kwargs or {}))
+
+
+@contextlib.contextmanager
+def forbid_host_sync() -> Iterator[None]:
+    """Fail on any device-to-host scalar read: `.item()`, `.tolist()`, `bool()`/`int()`/`float()` of a tensor."""
+
+    def fail(name):
+        def raise_sync(*args, **kwargs):
+            raise AssertionError(f"host sync: torch.Tensor.{name}")
+
+        return raise_sync
+
+    with pytest.MonkeyPatch.context() as mp:
+        for name in ("item", "tolist", "__bool__", "__int__", "__float__", "__index__"):
+            mp.setattr(torch.Tensor, name, fail(name))
+        with _FailOnSync():
+            yield
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=dtype_id)
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("group", [1, 3, 4])
+def test_decode_edge_lengths(device, dtype, head_dim, group):
+    """Batch 3 x 3 KV heads with lengths 0, 1, BLOCK_N +- 1, CHUNK +- 1 and one long segment, in any order."""
+    q, k_cache, v_cache, plan = make_case(edge_lengths(head_dim), 3, group, head_dim, dtype, device)
+    out = run_decode(q, k_cache, v_cache, plan, CHUNK)
+    assert out.dtype == dtype
+    assert_close(out, expected_output(q, k_cache, v_cache, plan), output_tolerance(dtype))
+
+
+@pytest.mark.parametrize("batch, num_kv_heads", [(1, 1), (1, 4), (2, 2)])
+def test_decode_batch_shapes(device, batch, num_kv_heads):
+    """Random lengths per segment, batch 1-2; sequences of one batch differ in length."""
+    lens = torch.randint(0, 300, (batch * num_kv_heads,)).tolist()
+    q, k_cache, v_cache, plan = make_case(lens, batch, 2, 64, torch.float16, device)
+    out = run_decode(q, k_cache, v_cache, plan, 64)
+    assert_close(out, expected_output(q, k_cache, v_cache, plan), output_tolerance(torch.float16))
+
+
+@pytest.mark.parametrize("cache_dtype", [torch.float16, torch.bfloat16], ids=dtype_id)
+def test_decode_half_caches_fp32_query(device, cache_dtype):
+    """With an fp32 query the output is fp32, so only the kernel's fp32 math is measured: fp32 limit."""
+    q, k_cache, v_cache, plan = make_case(edge_lengths(128), 3, 4, 128, cache_dtype, device, q_dtype=torch.float32)
+    out = run_decode(q, k_cache, v_cache, plan, CHUNK)
+    assert out.dtype == torch.float32
+    assert_close(out, expected_output(q, k_cache, v_cache, plan), TOLERANCE[torch.float32])
+
+
+def test_decode_chunk_sizes_agree(device):
+    """Chunk sizes that are, or are not, powers of two or multiples of BLOCK_N, a single chunk (no combine
+    launch) and an oversized grid all give the reference's answer; a custom sm_scale is honoured."""
+    lens = [0, 1, 47, 200, 333, 64]
+    q, k_cache, v_cache, plan = make_case(lens, 2, 4, 64, torch.float32, device)
+    expected = expected_output(q, k_cache, v_cache, plan, sm_scale=0.3)
+    for chunk_size in (16, 48, 100, 256, 4096):
+        out = run_decode(q, k_cache, v_cache, plan, chunk_size, sm_scale=0.3)
+        assert_close(out, expected, TOLERANCE[torch.float32], f"chunk_size={chunk_size}")
+    out = ragged_decode_attention(q, k_cache, v_cache, plan.kv_indptr, plan.kv_lens, 0.3, chunk_size=64,
+                                  max_chunks=20)
+    assert_close(out, expected, TOLERANCE[torch.float32], "max_chunks=20")
+
+
+def test_decode_default_plan_long_segment(device):
+    """One long segment among short ones, with the planner's default chunk size (max_chunks=None path)."""
+    lens = [1500, 2, 0, 7, 1, 30]
+    q, k_cache, v_cache, plan = make_case(lens, 3, 3, 64, torch.float16, device)
+    out = ragged_decode_attention(q, k_cache, v_cache, plan.kv_indptr, plan.kv_lens)
+    assert_close(out, expected_output(q, k_cache, v_cache, plan), output_tolerance(torch.float16))
+
+
+def test_decode_all_segments_empty(device):
+    q, k_cache, v_cache, plan = make_case([0, 0, 0, 0], 2, 2, 64, torch.float32, device)
+    for chunk_size in (16, 4096):
+        assert torch.equal(run_decode(q, k_cache, v_cache, plan, chunk_size), torch.zeros_like(q))
+
+
+def test_decode_strided_query_and_out_argument(device):
+    """q is a head slice of a fused QKV tensor and out a strided view: out is written in place and returned."""
+    batch, num_kv_heads, group, head_dim = 2, 2, 3, 64
+    lens = [5, 70, 0, 129]
+    _, k_cache, v_cache, plan = make_case(lens, batch, group, head_dim, torch.float32, device)
+    num_qo_heads = num_kv_heads * group
+    qkv = torch.randn(batch, num_qo_heads + 2 * num_kv_heads, head_dim, device=device)
+    q = qkv[:, :num_qo_heads]
+    out_buffer = torch.full((batch, num_qo_heads, 2, head_dim), -7.0, device=device)
+    out = out_buffer[:, :, 0]
+    result = run_decode(q, k_cache, v_cache, plan, 64, out=out)
+    assert result.data_ptr() == out.data_ptr()
+    assert_close(out, expected_output(q, k_cache, v_cache, plan), TOLERANCE[torch.float32])
+    assert torch.all(out_buffer[:, :, 1] == -7.0), "out= wrote outside its view"
+
+
+@pytest.mark.parametrize("group", [1, 3, 4])
+def test_reference_matches_sdpa_on_dense_case(device, group):
+    """All segments the same length: the reference (and the kernel) equal SDPA with enable_gqa."""
+    batch, num_kv_heads, head_dim, length = 2, 2, 64, 37
+    q, k_cache, v_cache, plan = make_case([length] * batch * num_kv_heads, batch, group, head_dim,
+                                          torch.float64, device)
+    rows = valid_rows(plan).to(device)
+    keys = k_cache[rows].view(batch, num_kv_heads, length, head_dim)
+    values = v_cache[rows].view(batch, num_kv_heads, length, head_dim)
+    sdpa = F.scaled_dot_product_attention(q[:, :, None, :], keys, values, scale=0.2, enable_gqa=True)[:, :, 0]
+    assert_close(ragged_decode_attention_ref(q, k_cache, v_cache, plan.kv_indptr, plan.kv_lens, 0.2), sdpa,
+                 TOLERANCE[torch.float64], "reference")
+    out = run_decode(q.float(), k_cache.float(), v_cache.float(), plan, 16, sm_scale=0.2)
+    assert_close(out, sdpa, TOLERANCE[torch.float32], "kernel")
+
+
+def test_decode_with_max_chunks_does_not_sync(device):
+    q, k_cache, v_cache, plan = make_case([3, 0, 40, 7], 2, 2, 64, torch.float32, device)
+    chunk_size, max_chunks = plan_decode(plan.capacities, chunk_size=16)
+    with forbid_host_sync():
+        out = ragged_decode_attention(q, k_cache, v_cache, plan.kv_indptr, plan.kv_lens, chunk_size=chunk_size,
+                                      max_chunks=max_chunks)
+    assert_close(out, expected_output(q, k_cache, v_cache, plan), TOLERANCE[torch.float32])
+    with pytest.raises(AssertionError, match="host sync"), forbid_host_sync():  # the detector works
+        ragged_decode_attention(q, k_cache, v_cache, plan.kv_indptr, plan.kv_lens)
+
+
+def _bad_decode_args(name):
+    """Mutations of a valid call that must fail naming `name`."""
+    return {
+        "q": [
+            lambda a: a.update(q=a["q"].tolist()),
+            lambda a: a.update(q=a["q"][0]),
+            lambda a: a.update(q=a["q"].to(torch.int32)),
+            lambda a: a.update(q=a["q"].transpose(1, 2).contiguous().transpose(1, 2)),
+            lambda a: a.update(q=a["q"][:, :3]),
+        ],
+        "k_cache": [
+            lambda a: a.update(k_cache=a["k_cache"].t().contiguous().t()),
+            lambda a: a.update(k_cache=a["k_cache"].to("meta")),
+            lambda a: a.update(k_cache=a["k_cache"][:, :8].contiguous(), v_cache=a["v_cache"][:, :8].contiguous()),
+        ],
+        "v_cache": [
+            lambda a: a.update(v_cache=a["v_cache"].half()),
+            lambda a: a.update(v_cache=a["v_cache"][:-1]),
+        ],
+        "kv_lens": [
+            lambda a: a.update(kv_lens=a["kv_lens"].long()),
+            lambda a: a.update(q=torch.cat([a["q"], a["q"][:1]])),
+        ],
+        "kv_indptr": [lambda a: a.update(kv_indptr=a["kv_indptr"][:-1])],
+        "out": [
+            lambda a: a.update(out=torch.empty_like(a["q"], dtype=torch.float16)),
+            lambda a: a.update(out=a["q"].new_empty(2, 4, 8)),
+        ],
+        "chunk_size": [lambda a: a.update(chunk_size=None), lambda a: a.update(chunk_size=0)],
+        "max_chunks": [lambda a: a.update(max_chunks=0), lambda a: a.update(max_chunks=1.5)],
+    }[name]
+
+
+@pytest.mark.parametrize(
+    "name", ["q", "k_cache", "v_cache", "kv_lens", "kv_indptr", "out", "chunk_size", "max_chunks"]
+)
+def test_decode_bad_arguments_are_named(device, name):
+    q, k_cache, v_cache, plan = make_case([3, 5, 0, 2], 2, 2, 16, torch.float32, device)
+    for mutate in _bad_decode_args(name):
+        args = dict(q=q, k_cache=k_cache, v_cache=v_cache, kv_indptr=plan.kv_indptr, kv_lens=plan.kv_lens,
+                    chunk_size=16, max_chunks=2)
+        mutate(args)
+        with pytest.raises((TypeError, ValueError), match=name):
+            ragged_decode_attention(**args)
+
+
+def test_pick_chunk_size():
+    assert _pick_chunk_size([], 8) == 256
+    assert _pick_chunk_size([100] * 4, 2) == 256  # never beyond the longest capacity
+    assert _pick_chunk_size([10_000], 8) == 2048  # cdiv(10000, 1024) = 10 > 8 programs
+    assert _pick_chunk_size([10_000, 300], 528) == 256
+
+
+def test_pick_block_n():
+    assert _pick_block_n(64, 4096) == 64
+    assert _pick_block_n(128, 4096) == 32
+    assert _pick_block_n(64, 20) == 32
+    assert _pick_block_n(128, 1) == 16
+
+
+def test_plan_decode():
+    assert plan_decode(torch.tensor([0, 0], dtype=torch.int32)) == (256, 1)
+    assert plan_decode([1000, 3], chunk_size=100) == (100, 10)
+    assert plan_decode([4096] * 8, num_sms=4) == (2048, 2)  # 16 programs
+    with pytest.raises(ValueError, match="capacities"):
+        plan_decode([3, -1])
+    with pytest.raises(ValueError, match="chunk_size"):
+        plan_decode([3], chunk_size=0)
+    with pytest.raises(ValueError, match="num_sms"):
+        plan_decode([3], num_sms=0)
