@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
 from raggedkv.kernels.append import append_kv
 from raggedkv.kernels.reference import append_kv_ref
-from tests.test_decode import dtype_id, expected_output, forbid_host_sync, make_case, run_decode, valid_rows
+
+from tests.ragged_cases import dtype_id, expected_output, forbid_host_sync, make_case, run_decode, valid_rows
 from tests.utils import SENTINEL, TOLERANCE, assert_close
 
 

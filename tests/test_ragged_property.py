@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from raggedkv.kernels.append import append_kv
 from raggedkv.kernels.decode import ragged_decode_attention
 from raggedkv.kernels.reference import append_kv_ref
-from tests.test_decode import expected_output, forbid_host_sync, make_case, output_tolerance
+
+from tests.ragged_cases import expected_output, forbid_host_sync, make_case, output_tolerance
 from tests.utils import assert_close
 
 
