@@ -1,22 +1,49 @@
-"""Compression methods as budget policies, selectable by name (see `base.py` for the contract)."""
+"""Compression methods as budget policies, selectable by name (see `base.py` for the contract).
+
+`get_method(name, model_name=..., **params)` builds one; `model_name` is passed on only to the methods that read
+packaged score files (HeadKV, CompressKV) and ignored by the others, so the engine can always pass it.
+"""
 
 from __future__ import annotations
 
+import inspect
+from typing import Any
+
+from .adakv import AdaSnapKV
 from .base import Method, ModelShape, Scoring
+from .compresskv import CompressKV
+from .headkv import HeadKVR, HeadKVR2
+from .pyramid import PyramidKV
+from .streaming import StreamingLLM
 from .uniform import Full, SnapKV
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (Full, SnapKV)}
+METHODS: dict[str, type[Method]] = {
+    cls.name: cls for cls in (Full, StreamingLLM, SnapKV, PyramidKV, AdaSnapKV, HeadKVR, HeadKVR2, CompressKV)
+}
 
 
-def get_method(name: str, **params) -> Method:
+def method_parameters(name: str) -> dict[str, Any]:
+    """The user-facing constructor parameters of method `name` and their defaults (`model_name` excluded)."""
+    signature = inspect.signature(METHODS[name].__init__)
+    return {p.name: p.default for p in list(signature.parameters.values())[1:] if p.name != "model_name"}
+
+
+def get_method(name: str, model_name: str | None = None, **params: Any) -> Method:
     """Instantiate the method called `name` with its parameters.
 
     Raises:
-        ValueError: unknown method name (the message lists the known ones).
+        ValueError: unknown method name or parameter (the message lists the accepted ones).
     """
     if name not in METHODS:
         raise ValueError(f"method={name!r} is unknown; choose one of {sorted(METHODS)}")
-    return METHODS[name](**params)
+    accepted = method_parameters(name)
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise ValueError(f"method {name!r} has no parameter {unknown[0]!r}; its parameters are {sorted(accepted)}")
+    cls = METHODS[name]
+    if "model_name" in inspect.signature(cls.__init__).parameters:
+        params["model_name"] = model_name
+    return cls(**params)
 
 
-__all__ = ["METHODS", "Method", "ModelShape", "Scoring", "get_method"]
+__all__ = ["METHODS", "Method", "ModelShape", "Scoring", "get_method", "method_parameters"]

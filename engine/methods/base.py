@@ -16,10 +16,19 @@ The engine calls, per sequence:
 
 Budgets are always between `min(window, prompt_len)` and `prompt_len`: a head never holds more tokens than the
 prompt has, and it always holds the observation window.
+
+Totals: every compressing method realises exactly `min(kv_size, prompt_len) * num_layers * num_kv_heads` tokens
+per sequence (the nominal `kv_size * num_layers * num_kv_heads` whenever `prompt_len >= kv_size`; with a shorter
+prompt every head keeps the whole prompt). Where a published formula gives a head more than the prompt holds, the
+surplus goes to the other heads by the method's own importance. `faithful=True` (PyramidKV, HeadKV, CompressKV)
+reproduces the published arithmetic instead, budget loss or excess included, for comparison (Ada-SnapKV's
+`faithful` uses the published formula but still keeps `adapt`'s layer totals). `full` keeps `prompt_len`
+everywhere.
 """
 
 from __future__ import annotations
 
+import numbers
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar, Literal
@@ -104,3 +113,9 @@ class Method(ABC):
     def qo_head_weights(self, layer: int) -> torch.Tensor | None:
         """fp32 `[num_qo_heads]` weights on each query head's window scores in `layer`, or None for all ones."""
         return None
+
+
+def check_kv_size(kv_size: int, minimum: int, method: str) -> None:
+    """Raise ValueError unless `kv_size` is an integer of at least `minimum` (the method's window, or more)."""
+    if isinstance(kv_size, bool) or not isinstance(kv_size, numbers.Integral) or kv_size < minimum:
+        raise ValueError(f"kv_size={kv_size!r} is not valid for method {method!r}: it must be an integer >= {minimum}")

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from .base import Method, ModelShape, Scoring
+from .allocation import uniform_budgets
+from .base import Method, ModelShape, Scoring, check_kv_size
 
 
 class Full(Method):
-    """Keep every prompt token in every head."""
+    """Keep every prompt token in every head; `kv_size` is ignored.
+
+    Parameters: `window=8` (only sets the scoring the engine would use; nothing is scored or dropped).
+    """
 
     name = "full"
     description = "no compression: every head keeps the whole prompt"
@@ -21,7 +25,13 @@ class Full(Method):
 
 
 class SnapKV(Method):
-    """SnapKV: every head keeps `kv_size` tokens (window included) chosen by observation-window attention."""
+    """SnapKV (Li et al., 2024): every KV head keeps `kv_size` tokens, window included.
+
+    Tokens are ranked by the attention of the last `window` prompt queries, summed over the window, reduced over
+    the query heads of each GQA group (KVCache-Factory's `kv_head` mode), then max-pooled. Defaults are
+    KVCache-Factory's LongBench runner (METHODS.md 3.1): `window=8`, `pool="max"`, `pool_size=7`,
+    `window_reduce="sum"`, `group_reduce="mean"`. A prompt of at most `kv_size` tokens is kept whole, as published.
+    """
 
     name = "snapkv"
     description = "uniform budgets, tokens chosen by observation-window attention (SnapKV)"
@@ -32,5 +42,5 @@ class SnapKV(Method):
                                pool_size=pool_size)
 
     def plan(self, shape: ModelShape, prompt_len: int, kv_size: int) -> torch.Tensor:
-        budget = max(min(kv_size, prompt_len), min(self.scoring.window, prompt_len))
-        return torch.full((shape.num_layers, shape.num_kv_heads), budget, dtype=torch.int64)
+        check_kv_size(kv_size, self.scoring.window, self.name)
+        return uniform_budgets(shape, prompt_len, kv_size)

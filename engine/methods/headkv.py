@@ -1,0 +1,103 @@
+"""HeadKV-R and HeadKV-R2: per-head budgets from offline head-importance scores."""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import torch
+
+from .allocation import fill_to_total
+from .base import Method, ModelShape, Scoring, check_kv_size
+from .head_scores import ScoreSource, check_head_table, describe_source, read_head_scores, resolve_score_source
+
+
+def head_probabilities(scores: torch.Tensor, temp: float = 1.0) -> torch.Tensor:
+    """`p = (S / sum S) ** temp`, renormalised: fp64, same shape as the mean-score table `S`."""
+    total = scores.sum()
+    if total <= 0:
+        raise ValueError("head scores are all zero: cannot share a budget by them")
+    probs = (scores / total) ** temp
+    return probs / probs.sum()
+
+
+def query_head_capacities(probs: torch.Tensor, budget: int, beta: float) -> torch.Tensor:
+    """HeadKV's published per-query-head capacity (METHODS.md 1(b)), window excluded, before rounding.
+
+    `cap = p * floor(B / beta) * L * H + B - floor(B / beta)` with `p = head_probabilities(S)` over all `L * H`
+    query heads and `B = budget`. fp64 `[L, H]`; its sum is exactly `L * H * B`. The published code then rounds
+    half to even (`torch.round`) with no clamp and no re-balancing.
+    """
+    pooled = math.floor(budget / beta)
+    return probs * (pooled * probs.numel()) + (budget - pooled)
+
+
+class HeadKV(Method):
+    """HeadKV (Fu et al., ICLR 2025, "Not All Heads Matter"): head budgets from offline importance scores.
+
+    Budgets. Per query head the published formula (`query_head_capacities`, `B = kv_size - window`): a floor
+    `B - floor(B/beta)` for every head plus a shared pool `floor(B/beta) * L * H_q` split by the head's share `p`
+    of the total importance. GQA reduction: a KV head's share is the **sum** of its group's shares, so its budget
+    is `p_kv * floor(B/beta) * L * H_kv + B - floor(B/beta) + window`, i.e. the mean of its group's published
+    per-query-head capacities plus the window; the per-head average stays `kv_size`. A budget above the prompt
+    is cut to it and the surplus goes to the other KV heads in proportion to `p_kv` (`fill_to_total`), so the
+    total is exactly `kv_size * L * H_kv` whenever `prompt_len >= kv_size`.
+
+    `faithful=True`: published rounding per query head (half to even), the group reduced as KVCache-Factory's
+    `kv_head` port does (round of the mean of the group's rounded capacities), the window added, and budgets
+    above the prompt silently cut (no re-balancing). Note: KVCache-Factory's port also forgets to subtract the
+    window from `B`; HeadKV's own code subtracts it, and so does this.
+
+    Scoring (HeadKV's runners, METHODS.md 1(c), 1(e)): window mean, max-pool 7, `window=8`; the query heads of a
+    group are mean-reduced into one KV-head score. Defaults: `beta=1.01` (KVCache-Factory's `--head_beta`; HeadKV
+    sweeps 1.005-10), `temp=1`. `head_scores` is a path or dict in HeadKV's JSON format; when None, the packaged
+    `engine/data/<model-slug>-<kind>.json` for `model_name` is used, else construction fails naming that file.
+    """
+
+    score_kind: ClassVar[str]
+
+    def __init__(self, head_scores: ScoreSource | None = None, model_name: str | None = None, beta: float = 1.01,
+                 window: int = 8, pool: str = "max", pool_size: int = 7, group_reduce: str = "mean",
+                 temp: float = 1.0, faithful: bool = False) -> None:
+        if beta < 1:
+            raise ValueError(f"beta={beta!r} must be >= 1")
+        self.source = resolve_score_source(head_scores, model_name, self.score_kind, self.name, "head_scores")
+        self.table = read_head_scores(self.source)
+        self.probs = head_probabilities(self.table, temp)
+        self.beta = beta
+        self.faithful = faithful
+        self.scoring = Scoring(window=window, window_reduce="mean", group_reduce=group_reduce, pool=pool,
+                               pool_size=pool_size)
+
+    def plan(self, shape: ModelShape, prompt_len: int, kv_size: int) -> torch.Tensor:
+        check_kv_size(kv_size, self.scoring.window, self.name)
+        check_head_table(self.table, shape, f"head-score file {describe_source(self.source)}")
+        window = self.scoring.window
+        budget = kv_size - window
+        grouped = (shape.num_layers, shape.num_kv_heads, shape.group_size)
+        if prompt_len <= kv_size:
+            return torch.full(grouped[:2], prompt_len, dtype=torch.int64)
+        if self.faithful:
+            caps = torch.round(query_head_capacities(self.probs, budget, self.beta))
+            kv_caps = torch.round(caps.view(grouped).mean(dim=-1)).to(torch.int64)
+            return (kv_caps + window).clamp(max=prompt_len)
+        share = self.probs.view(grouped).sum(dim=-1)
+        pooled = math.floor(budget / self.beta)
+        alloc = share * (pooled * shape.num_layers * shape.num_kv_heads) + (budget - pooled + window)
+        return fill_to_total(alloc, kv_size * shape.num_layers * shape.num_kv_heads, prompt_len, share)
+
+
+class HeadKVR(HeadKV):
+    """HeadKV-R: budgets from Retrieval-heads scores (copy-paste score). See `HeadKV`."""
+
+    name = "headkv-r"
+    description = "per-head budgets from Retrieval-heads scores (HeadKV-R)"
+    score_kind = "retrieval-heads"
+
+
+class HeadKVR2(HeadKV):
+    """HeadKV-R2: budgets from Retrieval-Reasoning-heads scores (the paper's Eq. 2). See `HeadKV`."""
+
+    name = "headkv-r2"
+    description = "per-head budgets from Retrieval-Reasoning-heads scores (HeadKV-R2, the method of record)"
+    score_kind = "retrieval-reasoning-heads"
