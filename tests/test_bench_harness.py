@@ -1,0 +1,164 @@
+"""The benchmark harness's own logic: budgets, the reference comparison, the table, the JSON file, byte formulas,
+the CLI and the plots (drawn here from a document built in a temporary folder, never from bench/results/)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from bench import _harness as H
+from bench import bench_decode, plot
+
+
+@pytest.mark.parametrize("dist", ["uniform", "skew"])
+def test_head_budgets_keep_the_total_and_the_bounds(dist: str) -> None:
+    budgets = H.head_budgets(3, 8, 128, dist, lo=8, hi=400, seed=1)
+    assert len(budgets) == 24
+    for seq in range(3):
+        heads = budgets[seq * 8:(seq + 1) * 8]
+        assert sum(heads) == 128 * 8
+        assert all(8 <= b <= 400 for b in heads)
+    if dist == "skew":
+        assert max(budgets) / (sum(budgets) / len(budgets)) > 1.5
+    assert budgets == H.head_budgets(3, 8, 128, dist, lo=8, hi=400, seed=1)
+
+
+def test_head_budgets_cap_at_the_prompt_and_redistribute() -> None:
+    budgets = H.head_budgets(1, 4, 100, "skew", lo=5, hi=120, seed=0, alpha=0.05)
+    assert sum(budgets) == 400 and max(budgets) <= 120 and min(budgets) >= 5
+    assert H.head_budgets(1, 4, 500, "uniform", lo=5, hi=120) == [120] * 4  # mean above the prompt: capped
+
+
+def test_compare_is_relative_to_the_reference_and_strict_on_shape_and_nan() -> None:
+    ref = torch.tensor([1.0, -4.0])
+    assert H.compare(torch.tensor([1.0, -4.01]), ref, 1e-2) == (pytest.approx(0.01, abs=1e-6), True)
+    assert not H.compare(torch.tensor([1.0, -4.1]), ref, 1e-2)[1]
+    assert H.compare(torch.tensor([1.0]), ref, 1.0) == (math.inf, False)
+    assert H.compare(torch.tensor([float("nan"), -4.0]), ref, 1.0) == (math.inf, False)
+    assert H.compare((ref, torch.tensor([3], dtype=torch.int32)), (ref, torch.tensor([3])), 0.0)[1]
+
+
+def test_gpu_slug() -> None:
+    assert H.gpu_slug("NVIDIA H100 80GB HBM3") == "h100-80gb-hbm3"
+    assert H.gpu_slug("NVIDIA H200") == "h200"
+
+
+def test_table_rows_are_fixed_width_and_right_aligned() -> None:
+    configs = [{"model": "llama3-8b", "batch": 1}, {"model": "smollm2-135m", "batch": 16}]
+    columns = H.config_columns(configs) + [("provider", lambda r: r["provider"], "{}")]
+    columns += [(m, *H.METRIC_COLUMNS[m]) for m in ("p50_us", "speedup", "max_err")]
+    table = H.Table(columns, H.config_widths(configs))
+    rows = [{"config": configs[0], "provider": "triton", "ms_p50": 0.0123, "speedup": 2.5, "max_abs_err": 1e-3},
+            {"config": configs[1], "provider": "torch_ref", "ms_p50": None, "speedup": None, "max_abs_err": None}]
+    lines = [table.format_header()] + [table.format_row(r) for r in rows]
+    assert len({len(line) for line in lines}) == 1
+    assert lines[1].split() == ["llama3-8b", "1", "triton", "12.3", "2.50", "1.0e-03"]
+    assert lines[2].endswith(" -")
+
+
+def test_decode_bytes_count_kept_tokens_or_the_whole_prompt() -> None:
+    config = bench_decode._config("llama3-8b", 2, 4096, 128, "uniform")
+    q_and_out = 2 * 2 * 32 * 128 * 2
+    assert bench_decode.nbytes(config, "triton") == 2 * 8 * 128 * 128 * 2 * 2 + q_and_out
+    assert bench_decode.nbytes(config, "sdpa_full") == 2 * 8 * 4096 * 128 * 2 * 2 + q_and_out
+
+
+def test_cli_rejects_unknown_providers_and_splits_commas() -> None:
+    args = H.parse_args("decode", "t", ["--providers", "triton,torch_ref", "--full"], ["triton", "torch_ref"])
+    assert args.providers == ["triton", "torch_ref"] and args.mode == "full"
+    assert args.command == "python -m bench.bench_decode --providers triton,torch_ref --full"
+    with pytest.raises(SystemExit):
+        H.parse_args("decode", "t", ["--providers", "nope"], ["triton"])
+
+
+def test_json_file_name_and_plot_from_it(tmp_path) -> None:
+    """A document with made-up timings, in tmp_path only: checks the file naming and that the plot reads it."""
+    env = H.environment("python -m bench.bench_decode --quick") | {"gpu_slug": "test-gpu",
+                                                                    "timestamp": "2026-11-22T10:15:00Z"}
+    config = bench_decode._config("llama3-8b", 1, 4096, 128, "uniform")
+    rows = [{"config": config, "provider": p, "bytes": bench_decode.nbytes(config, p), "ms_p50": ms,
+             "gbps": 1.0, "speedup": s} for p, ms, s in (("sdpa_full", 0.05, 1.0), ("triton", 0.01, 5.0))]
+    doc = H.build_doc("decode", env, {"method": "test fixture"}, rows, ceiling={"gbps": 2.0}, baseline="sdpa_full")
+    path = H.write_json(doc, tmp_path)
+    assert path.name == "decode-test-gpu-20261122-101500.json"
+    assert json.loads(path.read_text())["schema"] == H.SCHEMA
+    png = plot.plot_file(path)
+    assert png == tmp_path / "decode-test-gpu-20261122-101500.png" and png.stat().st_size > 0
+
+
+def test_a_failing_or_wrong_provider_is_reported_and_the_others_still_run(capsys) -> None:
+    from dataclasses import replace
+
+    from bench import bench_append
+
+    def broken(case):
+        raise RuntimeError("boom")
+
+    def wrong(case):
+        return H.Bound(lambda: (case.k_new + 1, case.v_new, case.lens0 + 1))
+
+    bench = replace(bench_append.BENCH, providers=[*bench_append.PROVIDERS, H.Provider("broken", "raises", broken),
+                                                   H.Provider("wrong", "off by one", wrong)])
+    report = H.run(bench, ["--dry-run"])
+    assert report.exit_code == 1
+    checks = {(r["config"]["model"], r["provider"]): r["check"] for r in report.doc["rows"]}
+    assert {c for (_, p), c in checks.items() if p in ("triton", "torch_ref", "reconcat")} == {"ok"}
+    assert {c for (_, p), c in checks.items() if p == "broken"} == {"error"}
+    assert {c for (_, p), c in checks.items() if p == "wrong"} == {"fail"}
+    assert "RuntimeError: boom" in capsys.readouterr().err
+
+
+def test_the_timed_path_shares_equal_measurements_and_writes_the_json(tmp_path, monkeypatch) -> None:
+    """The GPU path on the CPU with a stand-in timer (a fixed made-up 0.5 ms, written to tmp_path only)."""
+
+    class FixedTimer:
+        def __init__(self, *args) -> None:
+            self.calls = 0
+
+        def __call__(self, fn, reset=None) -> H.Measurement:
+            self.calls += 1
+            fn()
+            return H.Measurement(0.5, 0.4, 0.6, 10, False)
+
+        def describe(self) -> dict:
+            return {"method": "stand-in"}
+
+        def summary(self) -> str:
+            return "stand-in timer"
+
+    monkeypatch.setattr(H, "Timer", FixedTimer)
+    monkeypatch.setattr(H, "copy_bandwidth", lambda timer: {"gbps": 100.0})
+    monkeypatch.setattr(H, "peak_extra_bytes", lambda fn, reset=None: 0)
+    args = H.parse_args("decode", "t", ["--out", str(tmp_path), "--providers", "sdpa_full,torch_ref"],
+                        ["sdpa_full", "torch_ref"])
+    args.mode = "dry"  # the tiny shapes
+    report = H._run(bench_decode.BENCH, args)
+    assert report.exit_code == 0 and report.path.parent == tmp_path
+    rows = json.loads(report.path.read_text())["rows"]
+    full = [r for r in rows if r["provider"] == "sdpa_full"]
+    assert [r.get("shared", False) for r in full] == [False, True, False]  # same model/batch/prompt: measured once
+    for r in rows:
+        assert r["check"] == "ok" and r["speedup"] == 1.0 and r["baseline"] == "sdpa_full"
+        assert r["gbps"] == pytest.approx(r["bytes"] / 0.5e-3 / 1e9)
+        assert r["frac_copy"] == pytest.approx(r["gbps"] / 100.0)
+
+
+def test_e2e_timed_path_measures_and_writes_the_json(tmp_path) -> None:
+    """bench_e2e's GPU path run on the CPU with a tiny model (CPU wall-clock numbers, written to tmp_path only)."""
+    from bench import bench_e2e
+
+    args = H.parse_args("e2e", "t", ["--out", str(tmp_path), "--providers", "hf_full,snapkv", "--models",
+                                     "tiny-llama", "--prompts", "64", "--kv-size", "16", "--new-tokens", "4"],
+                        bench_e2e.provider_ids(), bench_e2e._add_arguments, kernel=False)
+    with H.one_cpu_thread():
+        report = bench_e2e._run(args)
+    assert report.exit_code == 0
+    rows = json.loads(report.path.read_text())["rows"]
+    assert [r["provider"] for r in rows] == ["hf_full", "snapkv"]
+    for r in rows:
+        assert r["check"] == "ok" and r["generated"] == 4 and r["ttft_ms"] > 0 and r["kv_bytes"] > 0
+    assert rows[1]["kv_bytes"] < rows[0]["kv_bytes"]  # 16 of 64 tokens kept
+    assert rows[1]["stats"]["compressed"] is True
