@@ -1,0 +1,103 @@
+"""Kernel backends: the four ragged-cache operations the engine runs, chosen by name.
+
+* ``"torch"``: the vectorised references (`raggedkv.kernels.reference`); any device, the CPU default.
+* ``"triton"``: the Triton launchers; CUDA tensors, or CPU tensors under the interpreter (`TRITON_INTERPRET=1` set
+  before `raggedkv.kernels` is imported, as the tests do).
+* ``"auto"``: ``"triton"`` on CUDA, ``"torch"`` otherwise.
+
+Both kinds have the signatures and semantics of the `*_ref` functions. The Triton launchers are imported lazily, on
+first use of the backend, so the torch backend works on machines without a working Triton.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from raggedkv.kernels import reference
+from raggedkv.kernels._utils import is_interpreter
+
+BACKEND_NAMES = ("auto", "torch", "triton")
+
+
+@dataclass(frozen=True)
+class Backend:
+    """The engine's kernels: callables with the signatures of the `*_ref` functions in `raggedkv.kernels.reference`.
+
+    plan_decode: `(capacities, device) -> dict` of extra keyword arguments for `ragged_decode_attention`, computed
+        once per generation from a layer's host-side int64 `[num_segments]` segment capacities, so a decode step
+        never reads lengths back from the device.
+    """
+
+    name: str
+    window_scores: Callable[..., torch.Tensor]
+    select_and_pack: Callable[..., None]
+    append_kv: Callable[..., None]
+    ragged_decode_attention: Callable[..., torch.Tensor]
+    plan_decode: Callable[[torch.Tensor, torch.device], dict]
+
+
+def _no_decode_plan(capacities: torch.Tensor, device: torch.device) -> dict:
+    return {}
+
+
+TORCH_BACKEND = Backend(
+    name="torch",
+    window_scores=reference.window_scores_ref,
+    select_and_pack=reference.select_and_pack_ref,
+    append_kv=reference.append_kv_ref,
+    ragged_decode_attention=reference.ragged_decode_attention_ref,
+    plan_decode=_no_decode_plan,
+)
+
+_TRITON_LAUNCHERS = {
+    "window_scores": "raggedkv.kernels.window_scores",
+    "select_and_pack": "raggedkv.kernels.select_pack",
+    "append_kv": "raggedkv.kernels.append",
+    "ragged_decode_attention": "raggedkv.kernels.decode",
+}
+
+
+def _import(module: str, name: str) -> Callable:
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as err:
+        raise RuntimeError(f"backend='triton': cannot load {module}.{name} ({err}); use backend='torch'") from err
+
+
+def _triton_backend() -> Backend:
+    launchers = {name: _import(module, name) for name, module in _TRITON_LAUNCHERS.items()}
+    plan = _import("raggedkv.kernels.decode", "plan_decode")
+
+    def plan_decode(capacities: torch.Tensor, device: torch.device) -> dict:
+        # The interpreter runs programs one after another: plan for a single "SM" (fewest, longest chunks).
+        num_sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+        chunk_size, max_chunks = plan(capacities, num_sms=num_sms)
+        return {"chunk_size": chunk_size, "max_chunks": max_chunks}
+
+    return Backend(name="triton", plan_decode=plan_decode, **launchers)
+
+
+def get_backend(name: str, device: torch.device | str) -> Backend:
+    """The backend called `name` for tensors on `device`.
+
+    Raises:
+        ValueError: an unknown name, or ``"triton"`` for CPU tensors without the interpreter.
+        RuntimeError: ``"triton"`` asked for but its launchers cannot be imported.
+    """
+    if name not in BACKEND_NAMES:
+        raise ValueError(f"backend={name!r} is not supported; choose one of {list(BACKEND_NAMES)}")
+    device = torch.device(device)
+    if name == "auto":
+        name = "triton" if device.type == "cuda" else "torch"
+    if name == "torch":
+        return TORCH_BACKEND
+    if device.type != "cuda" and not is_interpreter():
+        raise ValueError(
+            f"backend='triton' needs a CUDA device, but the model is on {device} (the Triton interpreter runs on the "
+            "CPU only with TRITON_INTERPRET=1 set before raggedkv is imported); use backend='torch' or 'auto'"
+        )
+    return _triton_backend()

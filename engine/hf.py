@@ -1,0 +1,199 @@
+"""Hugging Face integration: the ragged cache behind transformers' own extension points, for every supported family.
+
+No modeling file is copied or patched. Two extension points carry everything:
+
+* a `transformers.Cache` (`RaggedHFCache`, one `CacheLayerMixin` per layer) passed as `past_key_values`: the model's
+  attention calls `update(k, v, layer_idx)` with post-RoPE keys. During a prefill it returns them unchanged (the
+  prompt attends to itself in full); during decode it appends them to the ragged cache (`append_kv`) and returns
+  the layer's packed buffers;
+* an attention function registered with `AttentionInterface` under the name ``"raggedkv"`` and selected for the
+  duration of an engine call (`ragged_attention`): prefill runs transformers' own SDPA attention, then compresses
+  the layer into the ragged cache (`RaggedHFCache.prefill_hook`); decode runs `ragged_decode_attention` over the
+  packed segments. HF does not pass `past_key_values` to attention functions, so the engine passes the same cache
+  object again as the `ragged_cache` keyword, which transformers forwards to every attention call.
+
+``"raggedkv"`` has no entry in `AttentionMaskInterface`, so transformers builds no attention mask for it (prefill is
+one unpadded sequence, causal; decode needs none).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+import transformers
+from packaging.version import Version
+from transformers import AttentionInterface, Cache, PreTrainedModel
+from transformers.cache_utils import CacheLayerMixin
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from .cache import RaggedKVCache
+from .methods import ModelShape
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral")
+ATTENTION_NAME = "raggedkv"
+TESTED_TRANSFORMERS = (Version("5.17"), Version("5.24"))  # [low, high)
+
+# (layer, query [1, Hq, n, D], key [1, Hkv, n, D], value [1, Hkv, n, D], sm_scale) -> None
+PrefillHook = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor, float], None]
+
+
+def check_transformers_version(version: str = transformers.__version__) -> None:
+    """Warn when the installed transformers is outside the range the integration was tested with."""
+    low, high = TESTED_TRANSFORMERS
+    if not low <= Version(version) < high:
+        warnings.warn(
+            f"raggedkv was tested with transformers >={low},<{high}; found {version}. The Cache and attention "
+            "interfaces it uses may have changed.",
+            stacklevel=2,
+        )
+
+
+check_transformers_version()
+
+
+def check_model_type(config: transformers.PretrainedConfig) -> None:
+    """Raise ValueError naming the model type unless it is one the engine supports."""
+    model_type = getattr(config, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(
+            f"model type {model_type!r} is not supported; supported model types: {list(SUPPORTED_MODEL_TYPES)}"
+        )
+
+
+def model_shape(config: transformers.PretrainedConfig) -> ModelShape:
+    """The attention shape the methods plan with."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    return ModelShape(
+        num_layers=config.num_hidden_layers,
+        num_qo_heads=config.num_attention_heads,
+        num_kv_heads=config.num_key_value_heads,
+        head_dim=head_dim,
+    )
+
+
+class RaggedLayer(CacheLayerMixin):
+    """The HF cache layer of one decoder layer: routes `update` to the ragged cache."""
+
+    is_sliding = False
+
+    def __init__(self, owner: RaggedHFCache, layer_idx: int) -> None:
+        super().__init__()
+        self.owner, self.layer_idx = owner, layer_idx
+        self.is_initialized = True
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        """Nothing to do: the ragged cache is allocated before the first forward."""
+
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prefill: return `[1, Hkv, n, D]` k/v unchanged. Decode: append `[B, Hkv, 1, D]`, return the packed buffers.
+
+        The packed buffers are the layer's `[layer_rows, head_dim]` K and V; `ragged_attention` reads them with the
+        layer's `kv_indptr`/`kv_lens`.
+        """
+        if self.owner.prefill_hook is not None:
+            return key_states, value_states
+        cache = self.owner.ragged
+        batch, heads, _, head_dim = key_states.shape
+        cache.append(self.layer_idx, key_states.reshape(batch * heads, head_dim),
+                     value_states.reshape(batch * heads, head_dim))
+        layer = cache.layer(self.layer_idx)
+        return layer.k_cache, layer.v_cache
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.get_seq_length() + query_length, 0
+
+    def get_seq_length(self) -> int:
+        """Positions seen by the longest sequence (prompt plus appended tokens); host counters only."""
+        cache = self.owner.ragged
+        return max(cache.prompt_lens) + cache.appended[self.layer_idx]
+
+    def get_max_length(self) -> int:
+        return -1
+
+
+class RaggedHFCache(Cache):
+    """A `transformers.Cache` over a `RaggedKVCache`, plus the per-forward state the attention function reads.
+
+    prefill_hook: set while one sequence's prompt runs through the model (`prefilling`); None during decode.
+    decode_plans: per layer, the extra `ragged_decode_attention` arguments planned once from capacities.
+    """
+
+    def __init__(self, ragged: RaggedKVCache) -> None:
+        super().__init__(layers=[RaggedLayer(self, i) for i in range(ragged.num_layers)])
+        self.ragged = ragged
+        self.prefill_hook: PrefillHook | None = None
+        self.decode_plans: list[dict] = [{} for _ in range(ragged.num_layers)]
+
+    @contextmanager
+    def prefilling(self, hook: PrefillHook) -> Iterator[None]:
+        """Route the next forward's attention through full-attention prefill followed by `hook` in every layer."""
+        self.prefill_hook = hook
+        try:
+            yield
+        finally:
+            self.prefill_hook = None
+
+    def plan_decode(self) -> None:
+        """Plan every layer's decode attention from its segment capacities (host data, once per generation)."""
+        ragged = self.ragged
+        self.decode_plans = [
+            ragged.backend.plan_decode(ragged.capacities[layer], ragged.kv.device) for layer in range(ragged.num_layers)
+        ]
+
+
+def ragged_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    ragged_cache: RaggedHFCache | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """The ``"raggedkv"`` attention function (transformers' AttentionInterface signature).
+
+    Args:
+        query: `[B, Hq, S, D]` after RoPE; key, value: what `RaggedHFCache.update` returned.
+        ragged_cache: the `RaggedHFCache` that is also the model's `past_key_values`.
+
+    Returns:
+        (`[B, S, Hq, D]` attention output, None).
+    """
+    if ragged_cache is None:
+        raise RuntimeError(
+            f"the {ATTENTION_NAME!r} attention implementation runs only inside raggedkv's Engine; call "
+            "model.set_attn_implementation('sdpa') to use this model elsewhere"
+        )
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    layer = module.layer_idx
+    if ragged_cache.prefill_hook is not None:
+        out, _ = ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, None, dropout=0.0, scaling=scale)
+        ragged_cache.prefill_hook(layer, query, key, value, scale)
+        return out, None
+    cache = ragged_cache.ragged
+    kv_indptr, kv_lens = cache.kv_indptr[layer], cache.kv_lens[layer]
+    out = cache.backend.ragged_decode_attention(
+        query[:, :, 0], key, value, kv_indptr, kv_lens, scale, **ragged_cache.decode_plans[layer]
+    )  # [B, Hq, D]
+    return out[:, None], None
+
+
+AttentionInterface.register(ATTENTION_NAME, ragged_attention)
+
+
+@contextmanager
+def ragged_attention_enabled(model: PreTrainedModel) -> Iterator[None]:
+    """Select the ``"raggedkv"`` attention implementation, restoring the model's own one on exit."""
+    previous = model.config._attn_implementation
+    model.set_attn_implementation(ATTENTION_NAME)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(previous)

@@ -1,0 +1,113 @@
+"""RaggedKVCache: one allocation, region layout, pack/append within segments, byte accounting, reset."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from raggedkv.engine.backend import TORCH_BACKEND
+from raggedkv.engine.cache import RaggedKVCache
+from tests.utils import SENTINEL
+
+HEADS, DIM, HEADROOM = 2, 8, 3
+
+
+def _cache(layer_totals: list[list[int]], prompt_lens: list[int], dtype=torch.float32) -> RaggedKVCache:
+    return RaggedKVCache(
+        torch.tensor(layer_totals), prompt_lens, num_kv_heads=HEADS, head_dim=DIM, headroom=HEADROOM, dtype=dtype,
+        device=torch.device("cpu"), backend=TORCH_BACKEND,
+    )
+
+
+def _pack(cache: RaggedKVCache, layer: int, seq: int, budgets: list[int], n: int, window: int):
+    k = torch.randn(HEADS, n, DIM)
+    v = torch.randn(HEADS, n, DIM)
+    scores = torch.rand(HEADS, n - window)
+    cache.pack(layer, seq, torch.tensor(budgets), scores, k, v)
+    return k, v, scores
+
+
+def test_one_allocation_and_region_layout():
+    cache = _cache([[10, 6], [4, 12]], [10, 12])  # [layers, batch]
+    region = [[10 + HEADS * HEADROOM, 6 + HEADS * HEADROOM], [4 + HEADS * HEADROOM, 12 + HEADS * HEADROOM]]
+    assert cache.kv.shape == (2, sum(map(sum, region)), DIM)
+    assert cache.layer_rows == [sum(region[0]), sum(region[1])]
+    assert cache.region_start.tolist() == [[0, region[0][0]], [0, region[1][0]]]
+    layer1 = cache.layer(1)
+    assert layer1.k_cache.data_ptr() == cache.kv[0, cache.layer_rows[0]].data_ptr()  # views, not copies
+    assert layer1.v_cache.data_ptr() == cache.kv[1, cache.layer_rows[0]].data_ptr()
+    assert layer1.kv_indptr.shape == (2 * HEADS + 1,) and layer1.kv_lens.shape == (2 * HEADS,)
+
+
+def test_pack_keeps_top_tokens_and_window_and_writes_nothing_else():
+    cache = _cache([[9, 7]], [6, 7])
+    cache.kv.fill_(SENTINEL)
+    n1, w = 7, 2
+    k, v, scores = _pack(cache, 0, 1, [3, 4], n1, w)  # seq 1 first: regions are independent
+    layer = cache.layer(0)
+    start = int(cache.region_start[0, 1])
+    assert layer.kv_indptr[2:].tolist() == [start, start + 3 + HEADROOM, start + 7 + 2 * HEADROOM]
+    assert layer.kv_lens[2:].tolist() == [3, 4]
+    for head, budget in enumerate([3, 4]):
+        kept = scores[head].topk(budget - w).indices.sort().values.tolist() + [n1 - 2, n1 - 1]
+        rows = slice(int(layer.kv_indptr[2 + head]), int(layer.kv_indptr[2 + head]) + budget)
+        torch.testing.assert_close(layer.k_cache[rows], k[head, kept], rtol=0, atol=0)
+        torch.testing.assert_close(layer.v_cache[rows], v[head, kept], rtol=0, atol=0)
+    written = torch.zeros(cache.kv.shape[1], dtype=torch.bool)
+    for s in (2, 3):
+        written[int(layer.kv_indptr[s]) : int(layer.kv_indptr[s]) + int(layer.kv_lens[s])] = True
+    assert (cache.kv[:, ~written] == SENTINEL).all()
+
+
+def test_append_fills_headroom_then_refuses():
+    cache = _cache([[4], [6]], [4])
+    _pack(cache, 0, 0, [2, 2], 4, 2)
+    for _ in range(HEADROOM):
+        cache.append(0, torch.ones(HEADS, DIM), torch.ones(HEADS, DIM))
+    layer = cache.layer(0)
+    assert layer.kv_lens.tolist() == [2 + HEADROOM] * HEADS
+    assert (layer.k_cache[int(layer.kv_indptr[1]) - 1] == 1).all()  # last row of segment 0
+    with pytest.raises(RuntimeError, match="headroom"):
+        cache.append(0, torch.ones(HEADS, DIM), torch.ones(HEADS, DIM))
+
+
+def test_pack_rejects_budgets_that_change_the_layer_total():
+    cache = _cache([[8]], [8])
+    with pytest.raises(ValueError, match="budgets sum to 7"):
+        _pack(cache, 0, 0, [3, 4], 8, 2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_byte_accounting(dtype):
+    prompt_lens = [20, 9]
+    cache = _cache([[10, 9], [6, 9]], prompt_lens, dtype=dtype)
+    row = 2 * DIM * torch.tensor([], dtype=dtype).element_size()
+    _pack(cache, 0, 0, [6, 4], 20, 2)
+    _pack(cache, 0, 1, [4, 5], 9, 2)
+    _pack(cache, 1, 0, [3, 3], 20, 2)
+    _pack(cache, 1, 1, [5, 4], 9, 2)
+    memory = cache.memory()
+    assert memory.valid.tolist() == [[10 * row, 9 * row], [6 * row, 9 * row]]
+    assert memory.full.tolist() == [[20 * HEADS * row, 9 * HEADS * row]] * 2
+    assert memory.allocated.tolist() == [
+        [(10 + HEADS * HEADROOM) * row, (9 + HEADS * HEADROOM) * row],
+        [(6 + HEADS * HEADROOM) * row, (9 + HEADS * HEADROOM) * row],
+    ]
+    assert memory.total()["allocated"] == cache.kv.numel() * cache.kv.element_size()
+    assert memory.per_layer()["valid"] == [19 * row, 15 * row]
+    assert memory.total()["full"] == 2 * 29 * HEADS * row
+    for layer in (0, 1):
+        cache.append(layer, torch.zeros(2 * HEADS, DIM), torch.zeros(2 * HEADS, DIM))
+    memory = cache.memory()
+    assert memory.valid.tolist() == [[12 * row, 11 * row], [8 * row, 11 * row]]
+    assert memory.full.tolist() == [[21 * HEADS * row, 10 * HEADS * row]] * 2
+
+
+def test_reset_empties_segments_and_keeps_layout():
+    cache = _cache([[4]], [4])
+    _pack(cache, 0, 0, [2, 2], 4, 2)
+    cache.append(0, torch.ones(HEADS, DIM), torch.ones(HEADS, DIM))
+    indptr = cache.kv_indptr.clone()
+    cache.reset()
+    assert cache.kv_lens.eq(0).all() and cache.appended == [0] and torch.equal(cache.kv_indptr, indptr)
+    assert int(cache.memory().valid.sum()) == 0
