@@ -11,8 +11,11 @@ import sys
 from collections.abc import Sequence
 
 from . import commands
+from .eval import commands as eval_commands
+from .heads import commands as heads_commands
+from .methods import commands as methods_commands
 
-COMMAND_MODULES = (commands,)
+COMMAND_MODULES = (commands, methods_commands, heads_commands, eval_commands)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -174,9 +174,9 @@ def test_headkv_faithful_truncates_and_default_redistributes():
 
 def test_headkv_needs_a_score_file(tmp_path, monkeypatch):
     monkeypatch.setattr(head_scores_module, "DATA_DIR", tmp_path)
-    with pytest.raises(FileNotFoundError, match="retrieval-reasoning-heads.*head_scores=.*tiny-llama"):
+    with pytest.raises(FileNotFoundError, match="reasoning score file.*head_scores=.*score-heads --kind reasoning.*tiny-llama"):
         get_method("headkv-r2", model_name="org/Tiny-Llama")
-    (tmp_path / "tiny-llama-retrieval-heads.json").write_text(json.dumps(head_score_dict(TABLE)))
+    (tmp_path / "tiny-llama-retrieval.json").write_text(json.dumps(head_score_dict(TABLE)))
     method = get_method("headkv-r", model_name="org/Tiny-Llama")
     assert method.plan(SMALL, 1000, 24).shape == (2, 2)
 

@@ -62,7 +62,7 @@ class CompressKV(Method):
     published mean of pooled scores) and every KV head of the layer keeps the same tokens.
 
     `layer_scores` / `head_scores`: path or dict; when None, the packaged
-    `engine/data/<model-slug>-layer-scores.json` / `-semantic-retrieval-heads.json` for `model_name`, else
+    `engine/data/<model-slug>-layer-scores.json` / `-semantic.json` for `model_name`, else
     construction fails naming the file needed. `raggedkv calibrate-layers` computes a layer-score file.
     """
 
@@ -78,7 +78,7 @@ class CompressKV(Method):
             raise ValueError(f"max_ratio={max_ratio!r} must be >= 1 (the layer cap is max_ratio * kv_size)")
         self.layer_source = resolve_score_source(layer_scores, model_name, "layer-scores", self.name,
                                                  "layer_scores")
-        self.head_source = resolve_score_source(head_scores, model_name, "semantic-retrieval-heads", self.name,
+        self.head_source = resolve_score_source(head_scores, model_name, "semantic", self.name,
                                                 "head_scores")
         self.layer_table = read_layer_scores(self.layer_source)
         if self.layer_table.sum() <= 0:

@@ -21,7 +21,7 @@ import torch
 from .base import ModelShape
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
-SCORE_KINDS = ("retrieval-heads", "retrieval-reasoning-heads", "semantic-retrieval-heads", "layer-scores")
+SCORE_KINDS = ("retrieval", "reasoning", "semantic", "layer-scores")  # `raggedkv score-heads --kind` names
 ScoreSource = str | Path | dict[str, Any]
 
 _HEAD_KEY = re.compile(r"^(\d+)-(\d+)$")
@@ -53,8 +53,10 @@ def resolve_score_source(source: ScoreSource | None, model_name: str | None, kin
     if packaged is not None:
         return packaged
     model = model_slug(model_name) if model_name else "<model-slug>"
+    how = ("raggedkv calibrate-layers" if kind == "layer-scores"
+           else f"raggedkv score-heads --kind {kind}")
     raise FileNotFoundError(
-        f"method {method!r} needs a {kind} score file: pass {param}=<path or dict> "
+        f"method {method!r} needs a {kind} score file: pass {param}=<path or dict>, computed with `{how}` "
         f"(model {model_name!r} has no packaged {DATA_DIR / f'{model}-{kind}.json'})"
     )
 

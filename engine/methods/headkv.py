@@ -92,7 +92,7 @@ class HeadKVR(HeadKV):
 
     name = "headkv-r"
     description = "per-head budgets from Retrieval-heads scores (HeadKV-R)"
-    score_kind = "retrieval-heads"
+    score_kind = "retrieval"
 
 
 class HeadKVR2(HeadKV):
@@ -100,4 +100,4 @@ class HeadKVR2(HeadKV):
 
     name = "headkv-r2"
     description = "per-head budgets from Retrieval-Reasoning-heads scores (HeadKV-R2, the method of record)"
-    score_kind = "retrieval-reasoning-heads"
+    score_kind = "reasoning"

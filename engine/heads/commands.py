@@ -1,0 +1,112 @@
+"""`raggedkv score-heads`: estimate every query head's importance with needle-in-a-haystack runs.
+
+Writes into `--out`: `<model-slug>-<kind>.json` (HeadKV's format), `<model-slug>-<kind>.meta.json` (sidecar),
+`<model-slug>-<kind>.png` (heatmap) and `<model-slug>-<kind>.trials.jsonl` (the resumable trial log).
+`register(subparsers)` adds the subcommand; it sets `func`, called as `args.func(args)`, returning an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import time
+from pathlib import Path
+
+import torch
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+DEFAULT_LENGTHS = (500, 1000, 1500, 2000)  # the grid of the shipped SmolLM2 files
+DEFAULT_DEPTHS = (0, 25, 50, 75, 100)
+DESCRIPTION = """Estimate every query head's importance with needle-in-a-haystack runs on the model.
+
+Writes into --out: <model-slug>-<kind>.json (HeadKV's format: {"layer-head": [score per accepted trial]}),
+<model-slug>-<kind>.meta.json (how it was made), <model-slug>-<kind>.png (heatmap) and
+<model-slug>-<kind>.trials.jsonl (one line per trial; --resume continues it)."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the `score-heads` subcommand."""
+    parser = subparsers.add_parser("score-heads", help="estimate head importance (retrieval / reasoning / semantic)",
+                                   description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"{DEFAULT_MODEL!r} or a local Hugging Face folder (default {DEFAULT_MODEL})")
+    parser.add_argument("--kind", required=True, choices=("retrieval", "reasoning", "semantic"),
+                        help="retrieval: HeadKV-R (Eq. 1); reasoning: HeadKV-R2 (Eq. 2); semantic: CompressKV")
+    parser.add_argument("--lengths", type=int, nargs="+", default=list(DEFAULT_LENGTHS), metavar="TOKENS",
+                        help="context lengths in tokens (default %(default)s; the paper: 0 2500 5000 7500 10000)")
+    parser.add_argument("--depths", type=float, nargs="+", default=list(DEFAULT_DEPTHS), metavar="PERCENT",
+                        help="needle depths in percent (default %(default)s; the paper: 0 11 22 33 44 56 67 78 89 100)")
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the trial log in --out instead of starting afresh")
+    parser.add_argument("--no-chat-template", action="store_true",
+                        help="plain prompt even if the tokenizer has a chat template")
+    parser.add_argument("--max-new-tokens", type=int, default=50, help="decode steps per trial (default 50)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where the model runs (default: cuda when available, else cpu)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run_score_heads)
+    return parser
+
+
+def load_model(name: str, device: str):
+    """(model, tokenizer): the default model (converted once from its GGUF file) or a local HF folder.
+    fp32 on the CPU, bf16 on CUDA."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ..default_model import resolve_model
+
+    path = resolve_model(name)
+    dtype = torch.float32 if torch.device(device).type == "cpu" else torch.bfloat16
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+    return model, AutoTokenizer.from_pretrained(path)
+
+
+def canonical_command(args: argparse.Namespace) -> str:
+    """The command line that reproduces this run."""
+    parts = ["raggedkv", "score-heads", "--model", str(args.model), "--kind", args.kind,
+             "--lengths", *map(str, args.lengths), "--depths", *(f"{d:g}" for d in args.depths), "--out", str(args.out)]
+    if args.no_chat_template:
+        parts.append("--no-chat-template")
+    if args.max_new_tokens != 50:
+        parts += ["--max-new-tokens", str(args.max_new_tokens)]
+    return shlex.join(parts)
+
+
+def run_score_heads(args: argparse.Namespace) -> int:
+    """Run (or resume) the grid, then write the score file, its sidecar and its heatmap."""
+    from ..methods.head_scores import model_slug
+    from .heatmap import save_heatmap
+    from .output import head_score_lists, mean_table, summarize, write_json
+    from .run import RunSettings, run_grid
+    from .sidecar import build_sidecar
+
+    started = time.perf_counter()
+    model, tokenizer = load_model(args.model, args.device)
+    chat = not args.no_chat_template and tokenizer.chat_template is not None
+    settings = RunSettings(args.model, args.kind, tuple(args.lengths), tuple(args.depths), chat, args.max_new_tokens)
+    context = model.config.max_position_embeddings
+    if max(args.lengths) + args.max_new_tokens > context:
+        raise ValueError(f"--lengths {max(args.lengths)} plus --max-new-tokens {args.max_new_tokens} exceeds the "
+                         f"model's context of {context} tokens")
+    name = f"{model_slug(args.model)}-{args.kind}"
+    path = {ext: args.out / f"{name}{ext}" for ext in (".json", ".meta.json", ".png", ".trials.jsonl")}
+    records = run_grid(model, tokenizer, settings, path[".trials.jsonl"], resume=args.resume,
+                       progress=not args.no_progress)
+
+    layers, heads = model.config.num_hidden_layers, model.config.num_attention_heads
+    lists = head_score_lists(records, layers, heads)
+    table = mean_table(lists, layers, heads)
+    summary = summarize(table)
+    accepted = sum(r["accepted"] for r in records)
+    model_info = {"device": str(model.device), "dtype": str(model.dtype).removeprefix("torch.")}
+    sidecar = build_sidecar(settings, records, summary, canonical_command(args), model_info,
+                            time.perf_counter() - started)
+    write_json(path[".json"], lists)
+    write_json(path[".meta.json"], sidecar, indent=1)
+    save_heatmap(table, path[".png"],
+                 f"{model_slug(args.model)} {args.kind} heads: {accepted}/{len(records)} trials accepted")
+    print(f"{args.kind}: {accepted}/{len(records)} trials accepted; {summary['zero_score_heads']}/"
+          f"{summary['heads']} heads score 0; top heads {summary['top_heads'][:3]}")
+    print("wrote " + ", ".join(str(p) for p in path.values()))
+    return 0
