@@ -35,6 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     demo = subparsers.add_parser(
         "demo", help="needle in a ~2K-token haystack with the default model, snapkv at kv_size=64, on the CPU"
     )
+    demo.add_argument("--method", default="snapkv", help="compression method (default snapkv; e.g. headkv-r2)")
+    demo.add_argument("--kv-size", type=int, default=64, help="tokens kept per KV head per layer (default 64)")
     demo.set_defaults(func=run_demo)
 
 
@@ -61,8 +63,7 @@ def run_generate(args: argparse.Namespace) -> int:
 def run_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo as demo
 
-    demo()
-    return 0
+    return 0 if demo(method=args.method, kv_size=args.kv_size).correct else 1
 
 
 def result_json(result: GenerationResult) -> dict:

@@ -38,13 +38,17 @@ def test_full_matches_transformers_generate(smollm2):
     assert result.text == smollm2.tokenizer.decode(expected, skip_special_tokens=True)
 
 
-@pytest.mark.slow
-def test_demo_answers_the_needle_with_snapkv_at_kv_size_64():
-    from raggedkv.engine.demo import KV_SIZE, run_demo
+@pytest.mark.parametrize("method", ["snapkv", "headkv-r2"])
+def test_demo_answers_the_needle_at_kv_size_64(method):
+    """The demo's needle is found at kv_size=64 with uniform budgets and with HeadKV-R2's shipped head scores."""
+    from raggedkv.engine.demo import run_demo
 
-    demo = run_demo(verbose=False)
+    kv_size = 64
+    demo = run_demo(method=method, kv_size=kv_size, verbose=False)
     stats = demo.result.stats
     assert demo.correct, demo.answer
-    assert stats.prompt_tokens > 1900 and stats.compressed and stats.method == "snapkv"
-    assert stats.kept_tokens == [[KV_SIZE] * 3] * 30
-    assert stats.kv_bytes_kept * stats.prompt_tokens == stats.kv_bytes_full * KV_SIZE
+    assert stats.prompt_tokens > 1900 and stats.compressed and stats.method == method
+    assert sum(map(sum, stats.kept_tokens)) == kv_size * 3 * 30
+    if method == "snapkv":
+        assert stats.kept_tokens == [[kv_size] * 3] * 30
+    assert stats.kv_bytes_kept * stats.prompt_tokens == stats.kv_bytes_full * kv_size
