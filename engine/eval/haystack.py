@@ -12,6 +12,8 @@ import random
 from collections.abc import Callable, Sequence
 from functools import cache
 
+from ..filler import capitalize, sentence_stream
+
 HAYSTACK_VERSION = 1  # bump when the text changes: results files record it, so old results are not mixed in
 
 _PLACES = (
@@ -67,43 +69,22 @@ _TEMPLATES = (
     "A {tree} on the edge of {place} lost a large branch in the night.",
     "{Observer} photographed {creatures} resting on the bank below {place}.",
 )
-_PARAGRAPH_SENTENCES = (4, 8)
-
-
-def _cap(text: str) -> str:
-    return text[0].upper() + text[1:]
 
 
 def _sentence(rng: random.Random) -> str:
     place, place2 = rng.sample(_PLACES, 2)
     creatures, observer, plant = rng.choice(_CREATURES), rng.choice(_OBSERVERS), rng.choice(_PLANTS)
     return rng.choice(_TEMPLATES).format(
-        time=rng.choice(_TIMES), observer=observer, Observer=_cap(observer), weather=rng.choice(_WEATHER),
-        place=place, place2=place2, creatures=creatures, Creatures=_cap(creatures), plant=plant, Plant=_cap(plant),
+        time=rng.choice(_TIMES), observer=observer, Observer=capitalize(observer), weather=rng.choice(_WEATHER),
+        place=place, place2=place2, creatures=creatures, Creatures=capitalize(creatures), plant=plant, Plant=capitalize(plant),
         n=rng.randint(3, 60), small=rng.randint(2, 9), tree=rng.choice(_TREES), material=rng.choice(_MATERIALS),
         mood=rng.choice(_MOODS), comparison=rng.choice(_COMPARISONS),
     )
 
 
-@cache
-def _filler_block(count: int, seed: int) -> tuple[str, ...]:
-    rng = random.Random(seed)
-    sentences, left = [], rng.randint(*_PARAGRAPH_SENTENCES)
-    for _ in range(count):
-        sentence = _sentence(rng)
-        left -= 1
-        if left == 0:  # a paragraph ends after this sentence
-            sentence, left = sentence + "\n\n", rng.randint(*_PARAGRAPH_SENTENCES)
-        sentences.append(sentence)
-    return tuple(sentences)
-
-
 def filler_sentences(count: int, seed: int = 0) -> tuple[str, ...]:
     """The first `count` filler sentences (deterministic; a paragraph-ending sentence ends with a blank line)."""
-    if count < 0:
-        raise ValueError(f"count={count} must be >= 0")
-    block = 1 << max(count - 1, 0).bit_length()  # cache whole powers of two: prefixes of one stream
-    return _filler_block(max(block, 1), seed)[:count]
+    return sentence_stream(_sentence, count, seed)
 
 
 def join_with_insertions(sentences: Sequence[str], insertions: Sequence[tuple[int, str]]) -> str:

@@ -10,7 +10,8 @@ come from the inserted needle.
 from __future__ import annotations
 
 import random
-from functools import cache
+
+from ..filler import capitalize, sentence_stream
 
 HAYSTACK_SEED = 1871
 HAYSTACK_VERSION = 1  # bump when the text changes: the sidecar records it, so old runs are not mixed in
@@ -65,11 +66,6 @@ _TEMPLATES = (
     "The clerk noted that the stock of {goods} at {place} would last {small} more weeks.",
     "{season}, the river rose and flooded the cellars near {place}.",
 )
-_PARAGRAPH_SENTENCES = (4, 8)
-
-
-def _cap(text: str) -> str:
-    return text[0].upper() + text[1:]
 
 
 def _sentence(rng: random.Random) -> str:
@@ -77,24 +73,10 @@ def _sentence(rng: random.Random) -> str:
     person, person2 = rng.sample(_PEOPLE, 2)
     goods, goods2 = rng.sample(_GOODS, 2)
     return rng.choice(_TEMPLATES).format(
-        season=rng.choice(_SEASONS), place=place, place2=place2, person=person, Person=_cap(person),
+        season=rng.choice(_SEASONS), place=place, place2=place2, person=person, Person=capitalize(person),
         person2=person2, goods=goods, goods2=goods2, decision=rng.choice(_DECISIONS),
         quality=rng.choice(_QUALITIES), amount=rng.choice(_AMOUNTS), n=rng.randint(3, 90), small=rng.randint(2, 12),
     )
-
-
-@cache
-def _sentence_block(count: int, seed: int) -> tuple[str, ...]:
-    rng = random.Random(seed)
-    sentences: list[str] = []
-    left = rng.randint(*_PARAGRAPH_SENTENCES)
-    for _ in range(count):
-        sentence = _sentence(rng)
-        left -= 1
-        if left == 0:  # the paragraph ends after this sentence
-            sentence, left = sentence + "\n\n", rng.randint(*_PARAGRAPH_SENTENCES)
-        sentences.append(sentence)
-    return tuple(sentences)
 
 
 def haystack_sentences(count: int, seed: int = HAYSTACK_SEED) -> tuple[str, ...]:
@@ -102,7 +84,4 @@ def haystack_sentences(count: int, seed: int = HAYSTACK_SEED) -> tuple[str, ...]
 
     The same `seed` always gives the same text, and a shorter request is a prefix of a longer one.
     """
-    if count < 0:
-        raise ValueError(f"count={count} must be >= 0")
-    block = 1 << max(count - 1, 0).bit_length()  # cache powers of two, each a prefix of the next
-    return _sentence_block(max(block, 1), seed)[:count]
+    return sentence_stream(_sentence, count, seed)
