@@ -95,6 +95,7 @@ def test_niah_from_python(tiny_model, tmp_path):
     assert saved["task"] == "niah" and len(saved["records"]) == 20 and saved["summary"]["rows"] == result.rows
     for method in ("full", "snapkv", "streamingllm"):
         assert (tmp_path / f"niah-{method}.png").stat().st_size > 0
+    assert tmp_path / "niah-accuracy.png" in result.files and (tmp_path / "niah-accuracy.png").stat().st_size > 0
 
 
 def test_reasoning_from_the_command_line(tiny_model, tmp_path, capsys, monkeypatch):

@@ -15,6 +15,7 @@ from pathlib import Path
 from .generation import Runner
 from .grid import Request, run_grid
 from .haystack import HAYSTACK_VERSION, fit_haystack
+from .budget_plot import plot_accuracy_vs_budget
 from .heatmap import plot_heatmaps
 from .report import EvalResult, format_table, summary_rows
 from .store import ResultStore
@@ -113,4 +114,5 @@ def run_needle_task(
         stem = Path(out).with_suffix("")
         for method in dict.fromkeys(r["method"] for r in records):
             result.files.append(plot_heatmaps(records, method, f"{stem}-{method}.png"))
+        result.files.append(plot_accuracy_vs_budget(records, f"{stem}-accuracy.png", title))
     return result
