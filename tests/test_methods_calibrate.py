@@ -18,8 +18,10 @@ VOCAB = 64
 
 
 def tiny_llama(layers: int = 2) -> LlamaForCausalLM:
+    """A random tiny Llama without an end token, so decoding always runs `max_new_tokens` steps."""
     config = LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         eos_token_id=None)
     return LlamaForCausalLM(config).eval()
 
 
