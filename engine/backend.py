@@ -5,19 +5,23 @@
   before `raggedkv.kernels` is imported, as the tests do).
 * ``"auto"``: ``"triton"`` on CUDA, ``"torch"`` otherwise.
 
-Both kinds have the signatures and semantics of the `*_ref` functions. The Triton launchers are imported lazily, on
-first use of the backend, so the torch backend works on machines without a working Triton.
+Both kinds have the signatures and semantics of the `*_ref` functions.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-
-from raggedkv.kernels import reference
+from raggedkv.kernels import (
+    append_kv,
+    plan_decode,
+    ragged_decode_attention,
+    reference,
+    select_and_pack,
+    window_scores,
+)
 from raggedkv.kernels._utils import is_interpreter
 
 BACKEND_NAMES = ("auto", "torch", "triton")
@@ -53,32 +57,21 @@ TORCH_BACKEND = Backend(
     plan_decode=_no_decode_plan,
 )
 
-_TRITON_LAUNCHERS = {
-    "window_scores": "raggedkv.kernels.window_scores",
-    "select_and_pack": "raggedkv.kernels.select_pack",
-    "append_kv": "raggedkv.kernels.append",
-    "ragged_decode_attention": "raggedkv.kernels.decode",
-}
+def _triton_plan_decode(capacities: torch.Tensor, device: torch.device) -> dict:
+    # The interpreter runs programs one after another: plan for a single "SM" (fewest, longest chunks).
+    num_sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+    chunk_size, max_chunks = plan_decode(capacities, num_sms=num_sms)
+    return {"chunk_size": chunk_size, "max_chunks": max_chunks}
 
 
-def _import(module: str, name: str) -> Callable:
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as err:
-        raise RuntimeError(f"backend='triton': cannot load {module}.{name} ({err}); use backend='torch'") from err
-
-
-def _triton_backend() -> Backend:
-    launchers = {name: _import(module, name) for name, module in _TRITON_LAUNCHERS.items()}
-    plan = _import("raggedkv.kernels.decode", "plan_decode")
-
-    def plan_decode(capacities: torch.Tensor, device: torch.device) -> dict:
-        # The interpreter runs programs one after another: plan for a single "SM" (fewest, longest chunks).
-        num_sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
-        chunk_size, max_chunks = plan(capacities, num_sms=num_sms)
-        return {"chunk_size": chunk_size, "max_chunks": max_chunks}
-
-    return Backend(name="triton", plan_decode=plan_decode, **launchers)
+TRITON_BACKEND = Backend(
+    name="triton",
+    window_scores=window_scores,
+    select_and_pack=select_and_pack,
+    append_kv=append_kv,
+    ragged_decode_attention=ragged_decode_attention,
+    plan_decode=_triton_plan_decode,
+)
 
 
 def get_backend(name: str, device: torch.device | str) -> Backend:
@@ -86,7 +79,6 @@ def get_backend(name: str, device: torch.device | str) -> Backend:
 
     Raises:
         ValueError: an unknown name, or ``"triton"`` for CPU tensors without the interpreter.
-        RuntimeError: ``"triton"`` asked for but its launchers cannot be imported.
     """
     if name not in BACKEND_NAMES:
         raise ValueError(f"backend={name!r} is not supported; choose one of {list(BACKEND_NAMES)}")
@@ -100,4 +92,4 @@ def get_backend(name: str, device: torch.device | str) -> Backend:
             f"backend='triton' needs a CUDA device, but the model is on {device} (the Triton interpreter runs on the "
             "CPU only with TRITON_INTERPRET=1 set before raggedkv is imported); use backend='torch' or 'auto'"
         )
-    return _triton_backend()
+    return TRITON_BACKEND
