@@ -6,6 +6,7 @@
     out.text, out.token_ids, out.stats
 """
 
-from .generate import Engine, GenerationResult, GenerationStats
+from .generate import Engine
+from .outputs import GenerationResult, GenerationStats
 
 __all__ = ["Engine", "GenerationResult", "GenerationStats"]

@@ -12,7 +12,7 @@ from .backend import BACKEND_NAMES
 from .default_model import DEFAULT_MODEL
 
 if TYPE_CHECKING:
-    from .generate import GenerationResult, GenerationStats
+    from .outputs import GenerationResult, GenerationStats
 
 MIB = 1024 * 1024
 

@@ -6,7 +6,7 @@ import torch
 
 from .backend import Backend
 from .cache import RaggedKVCache
-from .methods import Method, Scoring
+from .methods import Method, ModelShape, Scoring
 
 
 def prefix_scores(
@@ -48,6 +48,27 @@ def prefix_scores(
     if scoring.share_across_heads:
         scores = scores.sum(dim=0, keepdim=True).expand(num_kv_heads, -1)
     return scores.to(torch.float32).contiguous()
+
+
+def plan_budgets(method: Method, shape: ModelShape, prompt_len: int, kv_size: int | None) -> torch.Tensor:
+    """int64 `[num_layers, num_kv_heads]` host budgets of one prompt under `method`, checked against its contract.
+
+    None or a `kv_size >= prompt_len` keeps the whole prompt in every head.
+
+    Raises:
+        ValueError: `method.plan` returned the wrong shape or a budget outside [window, prompt_len].
+    """
+    full_shape = (shape.num_layers, shape.num_kv_heads)
+    if kv_size is None or kv_size >= prompt_len:
+        return torch.full(full_shape, prompt_len, dtype=torch.int64)
+    budgets = method.plan(shape, prompt_len, kv_size)
+    low = min(method.scoring.window, prompt_len)
+    if tuple(budgets.shape) != full_shape or int(budgets.min()) < low or int(budgets.max()) > prompt_len:
+        raise ValueError(
+            f"{type(method).__name__}.plan returned budgets of shape {tuple(budgets.shape)} in "
+            f"[{int(budgets.min())}, {int(budgets.max())}]; expected shape {full_shape} in [{low}, {prompt_len}]"
+        )
+    return budgets.to(torch.int64).cpu()
 
 
 class SequenceCompressor:

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from .commands import format_kv_memory, format_stats
 from .default_model import DEFAULT_MODEL
 from .eval.haystack import fit_haystack
-from .generate import Engine, GenerationResult
+from .generate import Engine
+from .outputs import GenerationResult
 
 PROMPT_TOKENS = 2048
 MAX_NEW_TOKENS = 32

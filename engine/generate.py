@@ -4,7 +4,8 @@ Shape of a call (gpt-fast style): `prefill` runs each prompt alone with full att
 layer, into one `RaggedKVCache` for the batch; then `generate_ids` decodes all sequences together, one token per
 step, with `_decode_one_token` (one `append_kv` and one `ragged_decode_attention` per layer, whatever the batch and
 head counts; explicit positions; sizes fixed before the first step, so a step allocates nothing that depends on the
-data and, on the Triton backend, reads nothing back from the device).
+data and, on the Triton backend, reads nothing back from the device). `sweep` puts several compressions of one
+prompt into one batch: the prompt is prefilled once and each layer is compressed once per (method, kv_size).
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 from .backend import Backend, get_backend
 from .cache import KVMemory, RaggedKVCache
 from .checks import check_kv_size, check_prompt_ids, check_sampling, check_text_prompts
-from .compress import SequenceCompressor
+from .compress import SequenceCompressor, plan_budgets
 from .default_model import DEFAULT_MODEL, resolve_model
 from .hf import RaggedHFCache, check_model_type, model_shape, ragged_attention_enabled
 from .methods import Method, get_method
+from .outputs import GenerationResult, GenerationStats
 from .sampling import sample
 
 EOS_CHECK_EVERY_CUDA = 16  # on CUDA, read "all sequences finished?" back every this many steps, not every step
@@ -32,61 +34,29 @@ LONG_PROMPT = 8192  # prefill of prompts this long prints a progress message
 
 
 @dataclass(frozen=True)
-class GenerationStats:
-    """What one sequence's generation kept and cost.
+class Variant:
+    """One sequence of a prefilled batch: which prompt it holds, and how that prompt was compressed.
 
-    kept_tokens: `[num_layers][num_kv_heads]` prompt tokens each KV head keeps (window included).
-    kv_bytes_kept / kv_bytes_full: K+V bytes of the prompt in the ragged cache after prefill (measured from the
-        segment lengths) / in an uncompressed cache of the same prompt. kv_bytes_allocated adds decode headroom.
-    compressed: False when every head keeps the whole prompt (`method="full"`, no `kv_size`, or
-        `kv_size >= prompt_tokens`).
-    prefill_seconds: this sequence's prefill. decode_seconds, decode_steps, decode_tokens_per_s: the batch's decode
-        loop (tokens/s counts every sequence of the batch: `batch_size * decode_steps / decode_seconds`).
+    prompt: index of the prompt in the batch's prompt list (several variants may share one prompt).
     """
 
-    prompt_tokens: int
-    new_tokens: int
-    method: str
+    prompt: int
+    method: Method
     kv_size: int | None
-    compressed: bool
-    kept_tokens: list[list[int]]
-    kv_bytes_kept: int
-    kv_bytes_full: int
-    kv_bytes_allocated: int
-    backend: str
-    device: str
-    batch_size: int
-    prefill_seconds: float
-    decode_seconds: float
-    decode_steps: int
-    decode_tokens_per_s: float
-
-    @property
-    def kv_fraction_kept(self) -> float:
-        """kv_bytes_kept / kv_bytes_full."""
-        return self.kv_bytes_kept / self.kv_bytes_full
-
-
-@dataclass(frozen=True)
-class GenerationResult:
-    """One sequence's output: generated text and token ids (the end token included when one stopped it)."""
-
-    text: str
-    token_ids: list[int]
-    finish_reason: str  # "eos" or "length"
-    stats: GenerationStats
 
 
 @dataclass
 class Prefilled:
     """The state after `Engine.prefill`: the batch's cache and each sequence's last-position logits.
 
-    logits: `[batch, vocab]`. kept: int64 `[batch, num_layers, num_kv_heads]` tokens kept per head.
-    memory: bytes right after prefill. prefill_seconds: per sequence.
+    One sequence per variant. logits: `[batch, vocab]`. kept: int64 `[batch, num_layers, num_kv_heads]` tokens
+    kept per head. memory: bytes right after prefill. prompt_lens, prefill_seconds: per sequence (a prompt shared
+    by several variants was prefilled once: they report the same seconds).
     """
 
     cache: RaggedKVCache
     hf_cache: RaggedHFCache
+    variants: list[Variant]
     prompt_lens: list[int]
     logits: torch.Tensor
     kept: torch.Tensor
@@ -237,15 +207,80 @@ class Engine:
     ) -> list[GenerationResult]:
         """`generate` for token ids: `prompt_ids` is a list of prompts, each a list of ints (or a 1-D tensor)."""
         check_sampling(max_new_tokens, temperature, top_p, seed)
+        check_kv_size(kv_size, self.method.scoring.window)
+        prompts = check_prompt_ids(prompt_ids, self.model.config, max_new_tokens)
+        variants = [Variant(i, self.method, kv_size) for i in range(len(prompts))]
+        return self._generate(prompts, variants, max_new_tokens, temperature, top_p, seed)
+
+    @torch.inference_mode()
+    def sweep(
+        self,
+        prompt: str | Sequence[int],
+        variants: Sequence[tuple[str | Method, int | None]],
+        *,
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        chat_template: bool = True,
+    ) -> list[GenerationResult]:
+        """Answer one prompt under several `(method, kv_size)` variants with a single prefill.
+
+        The prompt runs through the model once. Prefill attention is full attention whatever the method (a method
+        only decides what each layer keeps afterwards), so after each layer every variant compresses that layer
+        into its own sequence of one ragged cache; then all variants decode together as one batch. Greedy answers
+        are those of `generate` called once per variant, for the price of one prefill: what method comparisons
+        and budget sweeps over long prompts need.
+
+        Args:
+            prompt: text (encoded like `generate` does, `chat_template` as there) or token ids.
+            variants: `(method, kv_size)` pairs; a method is a name (built with this model's default head scores
+                and parameters) or a `Method` instance; kv_size as in `generate`.
+            max_new_tokens, temperature, top_p, seed: as in `generate`; sampling draws for the whole batch, so
+                sampled answers differ from separate calls.
+
+        Returns:
+            One `GenerationResult` per variant, in order; each one's stats name its method and kv_size.
+        """
+        if not isinstance(variants, Sequence) or isinstance(variants, str) or not variants:
+            raise ValueError(f"variants must be a non-empty list of (method, kv_size) pairs, got {variants!r:.80}")
+        check_sampling(max_new_tokens, temperature, top_p, seed)
+        rows = []
+        for i, variant in enumerate(variants):
+            if not isinstance(variant, Sequence) or isinstance(variant, str) or len(variant) != 2:
+                raise ValueError(f"variants[{i}] must be a (method, kv_size) pair, got {variant!r}")
+            method, kv_size = variant
+            if isinstance(method, str):
+                method = get_method(method, model_name=self.model.name_or_path or None)
+            check_kv_size(kv_size, method.scoring.window)
+            rows.append(Variant(0, method, kv_size))
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ValueError("this Engine has no tokenizer: pass token ids as the prompt instead")
+            (prompt,) = check_text_prompts(prompt)
+            prompt = self.encode(prompt, chat_template=chat_template)
+        prompts = check_prompt_ids([prompt], self.model.config, max_new_tokens)
+        return self._generate(prompts, rows, max_new_tokens, temperature, top_p, seed)
+
+    def _generate(
+        self,
+        prompts: list[list[int]],
+        variants: list[Variant],
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float,
+        seed: int | None,
+    ) -> list[GenerationResult]:
+        """Prefill `variants` of checked `prompts`, decode them together, and return one result per variant."""
         generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
         with ragged_attention_enabled(self.model):
-            state = self.prefill(prompt_ids, kv_size=kv_size, max_new_tokens=max_new_tokens)
+            state = self._prefill(prompts, variants, max_new_tokens)
             first = sample(state.logits, temperature, top_p, generator)
             start = time.perf_counter()
             tokens, steps = self._decode_loop(state, first, max_new_tokens, temperature, top_p, generator)
             _synchronize(self.device)
             decode_seconds = time.perf_counter() - start
-        return self._results(state, tokens.tolist(), kv_size, steps, decode_seconds)
+        return self._results(state, tokens.tolist(), steps, decode_seconds)
 
     @torch.inference_mode()
     def prefill(
@@ -257,8 +292,13 @@ class Engine:
         """
         check_kv_size(kv_size, self.method.scoring.window)
         prompts = check_prompt_ids(prompt_ids, self.model.config, max_new_tokens)
-        lens = [len(p) for p in prompts]
-        plans = [self._plan(n, kv_size) for n in lens]  # [num_layers, num_kv_heads] each
+        return self._prefill(prompts, [Variant(i, self.method, kv_size) for i in range(len(prompts))], max_new_tokens)
+
+    def _prefill(self, prompts: list[list[int]], variants: list[Variant], max_new_tokens: int) -> Prefilled:
+        """Run each prompt once with full attention; after every layer, each variant of that prompt compresses the
+        layer into its own sequence of the batch's cache (arguments already checked)."""
+        lens = [len(prompts[v.prompt]) for v in variants]
+        plans = [plan_budgets(v.method, self.shape, n, v.kv_size) for v, n in zip(variants, lens)]
         cache = RaggedKVCache(
             torch.stack([plan.sum(dim=1) for plan in plans], dim=1),
             lens,
@@ -270,14 +310,16 @@ class Engine:
             backend=self.backend,
         )
         hf_cache = RaggedHFCache(cache)
-        logits, kept, seconds = [], [], []
+        compressors = [SequenceCompressor(v.method, plan, cache, seq)
+                       for seq, (v, plan) in enumerate(zip(variants, plans))]
+        logits, seconds = [None] * len(variants), [0.0] * len(variants)
         with ragged_attention_enabled(self.model):
-            for seq, ids in enumerate(prompts):
+            for index, ids in enumerate(prompts):
+                rows = [seq for seq, v in enumerate(variants) if v.prompt == index]
                 if len(ids) >= LONG_PROMPT:
-                    print(f"raggedkv: prefilling prompt {seq} ({len(ids)} tokens)...", file=sys.stderr, flush=True)
-                compressor = SequenceCompressor(self.method, plans[seq], cache, seq)
+                    print(f"raggedkv: prefilling prompt {index} ({len(ids)} tokens)...", file=sys.stderr, flush=True)
                 start = time.perf_counter()
-                with hf_cache.prefilling(compressor):
+                with hf_cache.prefilling(_fan_out([compressors[seq] for seq in rows])):
                     out = self.model(
                         input_ids=torch.tensor([ids], device=self.device),
                         position_ids=torch.arange(len(ids), device=self.device)[None],
@@ -286,26 +328,12 @@ class Engine:
                         ragged_cache=hf_cache,
                         logits_to_keep=1,
                     )
-                logits.append(out.logits[0, -1])
                 _synchronize(self.device)
-                seconds.append(time.perf_counter() - start)
-                kept.append(compressor.kept)
+                for seq in rows:
+                    logits[seq], seconds[seq] = out.logits[0, -1], time.perf_counter() - start
         hf_cache.plan_decode()
-        return Prefilled(cache, hf_cache, lens, torch.stack(logits), torch.stack(kept), cache.memory(), seconds)
-
-    def _plan(self, prompt_len: int, kv_size: int | None) -> torch.Tensor:
-        """int64 `[num_layers, num_kv_heads]` budgets for one prompt, checked against the method contract."""
-        shape = (self.shape.num_layers, self.shape.num_kv_heads)
-        if kv_size is None or kv_size >= prompt_len:
-            return torch.full(shape, prompt_len, dtype=torch.int64)
-        budgets = self.method.plan(self.shape, prompt_len, kv_size)
-        low = min(self.method.scoring.window, prompt_len)
-        if tuple(budgets.shape) != shape or int(budgets.min()) < low or int(budgets.max()) > prompt_len:
-            raise ValueError(
-                f"{type(self.method).__name__}.plan returned budgets of shape {tuple(budgets.shape)} in "
-                f"[{int(budgets.min())}, {int(budgets.max())}]; expected shape {shape} in [{low}, {prompt_len}]"
-            )
-        return budgets.to(torch.int64).cpu()
+        kept = torch.stack([compressor.kept for compressor in compressors])
+        return Prefilled(cache, hf_cache, variants, lens, torch.stack(logits), kept, cache.memory(), seconds)
 
     def _decode_one_token(self, hf_cache: RaggedHFCache, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """One decode step for the whole batch: `tokens`, `positions` int64 `[batch, 1]` -> logits `[batch, vocab]`."""
@@ -347,7 +375,7 @@ class Engine:
         return tokens[:, : steps + 1], steps
 
     def _results(
-        self, state: Prefilled, tokens: list[list[int]], kv_size: int | None, steps: int, decode_seconds: float
+        self, state: Prefilled, tokens: list[list[int]], steps: int, decode_seconds: float
     ) -> list[GenerationResult]:
         batch = len(tokens)
         memory = state.memory
@@ -356,11 +384,12 @@ class Engine:
             stop = next((i for i, t in enumerate(row) if t in self.eos_ids), None)
             ids = row if stop is None else row[: stop + 1]
             kept = state.kept[seq]
+            variant = state.variants[seq]
             stats = GenerationStats(
                 prompt_tokens=state.prompt_lens[seq],
                 new_tokens=len(ids),
-                method=self.method.name,
-                kv_size=kv_size,
+                method=variant.method.name,
+                kv_size=variant.kv_size,
                 compressed=bool((kept < state.prompt_lens[seq]).any()),
                 kept_tokens=kept.tolist(),
                 kv_bytes_kept=int(memory.valid[:, seq].sum()),
@@ -377,3 +406,13 @@ class Engine:
             text = self.tokenizer.decode(ids, skip_special_tokens=True) if self.tokenizer is not None else ""
             results.append(GenerationResult(text, ids, "eos" if stop is not None else "length", stats))
         return results
+
+
+def _fan_out(compressors: list[SequenceCompressor]):
+    """One prefill hook that hands each layer's query/key/value to every compressor of the prompt."""
+
+    def hook(layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, sm_scale: float) -> None:
+        for compressor in compressors:
+            compressor(layer, query, key, value, sm_scale)
+
+    return hook
