@@ -169,25 +169,31 @@ def ragged_decode_attention_ref(
 
     Returns:
         `[batch, num_qo_heads, head_dim]` in `q.dtype`; a query head whose segment is empty gets zeros.
+
+    Works on the valid rows only (no padding to the longest segment), so its cost follows the tokens kept: a
+    batch with one long segment among short ones costs what its rows cost.
     """
     batch, num_qo_heads, head_dim = q.shape
     num_segments = kv_lens.numel()
-    num_kv_heads = num_segments // batch
-    group = num_qo_heads // num_kv_heads
+    group = num_qo_heads // (num_segments // batch) if num_segments else 1
     dtype = _compute_dtype(q, k_cache, v_cache)
     scale = sm_scale if sm_scale is not None else 1.0 / math.sqrt(head_dim)
 
-    max_len = int(kv_lens.max()) if num_segments else 0
-    offsets = torch.arange(max_len, device=q.device)
-    valid = offsets[None, :] < kv_lens.to(torch.int64)[:, None]  # [S, L]
-    rows = torch.where(valid, kv_indptr[:-1].to(torch.int64)[:, None] + offsets[None, :], 0)
-    keys = k_cache[rows].to(dtype)  # [S, L, D]
+    lens = kv_lens.to(torch.int64)
+    segment = torch.repeat_interleave(torch.arange(num_segments, device=q.device), lens)  # [T] owner of each row
+    first_of_segment = torch.cumsum(lens, dim=0) - lens  # position of each segment's first row among the T
+    offset = torch.arange(segment.numel(), device=q.device) - first_of_segment[segment]
+    rows = kv_indptr[:-1].to(torch.int64)[segment] + offset  # [T] rows of the cache
+    keys = k_cache[rows].to(dtype)  # [T, D]
     values = v_cache[rows].to(dtype)
 
     queries = q.to(dtype).reshape(num_segments, group, head_dim)
-    logits = torch.matmul(queries, keys.transpose(1, 2)) * scale  # [S, G, L]
-    logits = logits.masked_fill(~valid[:, None, :], float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    probs = torch.where(valid.any(dim=-1)[:, None, None], probs, 0.0)  # an empty segment attends to nothing
-    out = torch.matmul(probs, values)  # [S, G, D]
+    logits = torch.einsum("tgd,td->tg", queries[segment], keys) * scale  # [T, G]
+    row_max = torch.full((num_segments, group), float("-inf"), dtype=dtype, device=q.device)
+    row_max = row_max.scatter_reduce(0, segment[:, None].expand(-1, group), logits, "amax")  # [S, G]
+    weights = torch.exp(logits - row_max[segment])  # [T, G]
+    denominator = torch.zeros(num_segments, group, dtype=dtype, device=q.device).index_add(0, segment, weights)
+    numerator = torch.zeros(num_segments, group, head_dim, dtype=dtype, device=q.device)
+    numerator = numerator.index_add(0, segment, weights[:, :, None] * values[:, None, :])  # [S, G, D]
+    out = torch.where(denominator[..., None] > 0, numerator / denominator[..., None], 0.0)  # empty segment: 0
     return out.reshape(batch, num_qo_heads, head_dim).to(q.dtype)

@@ -117,6 +117,26 @@ def test_reference_matches_sdpa_on_dense_case(device, group):
     assert_close(out, sdpa, TOLERANCE[torch.float32], "kernel")
 
 
+@pytest.mark.parametrize("group", [1, 3])
+def test_reference_matches_sdpa_per_segment_on_ragged_lengths(group):
+    """The reference packs only valid rows; each segment alone through SDPA must give the same output (fp64),
+    and a query group whose segment is empty gets zeros."""
+    batch, num_kv_heads, head_dim = 3, 2, 16
+    lens = [0, 1, 17, 300, 2, 16]  # one long segment among short ones, an empty one
+    q, k_cache, v_cache, plan = make_case(lens, batch, group, head_dim, torch.float64, torch.device("cpu"))
+    out = ragged_decode_attention_ref(q, k_cache, v_cache, plan.kv_indptr, plan.kv_lens, 0.3)
+    for s, length in enumerate(lens):
+        b, h = divmod(s, num_kv_heads)
+        queries = q[b, h * group : (h + 1) * group]  # [G, D]
+        if length == 0:
+            assert torch.all(out[b, h * group : (h + 1) * group] == 0)
+            continue
+        start = int(plan.kv_indptr[s])
+        keys, values = k_cache[start : start + length], v_cache[start : start + length]
+        expected = F.scaled_dot_product_attention(queries[None], keys[None], values[None], scale=0.3)[0]
+        assert_close(out[b, h * group : (h + 1) * group], expected, TOLERANCE[torch.float64], f"segment {s}")
+
+
 def test_decode_with_max_chunks_does_not_sync(device):
     q, k_cache, v_cache, plan = make_case([3, 0, 40, 7], 2, 2, 64, torch.float32, device)
     chunk_size, max_chunks = plan_decode(plan.capacities, chunk_size=16)
