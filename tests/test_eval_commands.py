@@ -115,28 +115,33 @@ def test_an_interrupted_run_resumes_where_it_stopped(tiny_model, tmp_path, monke
     out = tmp_path / "niah.json"
     grid = {"model": tiny_model, "methods": ["full", "snapkv"], "kv_sizes": [16], "lengths": [200],
             "depths": [0, 50, 100], "max_new_tokens": 4, "out": out, "progress": False}
-    real_answer, calls = Runner.answer, []
+    real_sweep, calls = Runner.sweep, []
 
-    def interrupted_after_four(self, *args, **kwargs):
-        if len(calls) == 4:
+    def interrupted_after_two(self, prompt, cells, *args, **kwargs):
+        if len(calls) == 2:
             raise KeyboardInterrupt
-        calls.append(args[0])
-        return real_answer(self, *args, **kwargs)
+        calls.append(list(cells))
+        return real_sweep(self, prompt, cells, *args, **kwargs)
 
-    monkeypatch.setattr(Runner, "answer", interrupted_after_four)
+    monkeypatch.setattr(Runner, "sweep", interrupted_after_two)
     with pytest.raises(KeyboardInterrupt):
         run_niah(**grid)
     saved = json.loads(out.read_text())["records"]
-    assert len(saved) == 4
+    assert len(saved) == 4 and calls == [[("full", None), ("snapkv", 16)]] * 2  # one sweep per prompt
+
+    def recording(self, prompt, cells, *args, **kwargs):
+        calls.append(list(cells))
+        return real_sweep(self, prompt, cells, *args, **kwargs)
 
     calls.clear()
-    monkeypatch.setattr(Runner, "answer", lambda self, *a, **k: calls.append(a[0]) or real_answer(self, *a, **k))
-    result = run_niah(**grid)
-    assert calls == ["snapkv", "snapkv"]  # only the two cells the interrupted run had not reached
-    assert len(result.records) == 6 and result.records[:4] == saved
+    monkeypatch.setattr(Runner, "sweep", recording)
+    wider = {**grid, "kv_sizes": [16, 32]}  # resuming may add budgets: only the missing cells run
+    result = run_niah(**wider)
+    assert calls == [[("snapkv", 32)], [("snapkv", 32)], [("full", None), ("snapkv", 16), ("snapkv", 32)]]
+    assert len(result.records) == 9 and result.records[:4] == saved
 
     calls.clear()
-    run_niah(**grid)
+    run_niah(**wider)
     assert calls == []  # everything is done: nothing is generated
 
 

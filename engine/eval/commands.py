@@ -67,7 +67,6 @@ def _common(parser: argparse.ArgumentParser, default_kv_sizes: str) -> None:
     parser.add_argument("--no-chat", action="store_true", help="do not put prompts in the model's chat template")
     parser.add_argument("--head-scores", type=method_path, action="append", metavar="METHOD=PATH",
                         help="head-score file for a method (headkv-r, headkv-r2, compresskv); repeatable")
-    parser.add_argument("--batch-size", type=int, default=1, help="prompts per generate call (default 1)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy machine)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -92,7 +91,6 @@ def _shared_kwargs(args: argparse.Namespace, task: str) -> dict:
         "backend": args.backend,
         "chat": not args.no_chat,
         "head_scores": dict(args.head_scores or []),
-        "batch_size": args.batch_size,
         "progress": not args.no_progress,
     }
 

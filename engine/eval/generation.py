@@ -1,4 +1,5 @@
-"""The evaluations' view of the engine: the model loaded once, an `Engine` per method over it, batches answered.
+"""The evaluations' view of the engine: the model loaded once, an `Engine` per method over it, prompts answered in
+every (method, kv_size) cell at once with `Engine.sweep` (one prefill per prompt).
 
 Prompts are tokenized here with the engine's own `encode` (the chat template applied by the engine when asked), so
 the lengths the evaluations fit prompts to are the lengths the model sees. Answers are cut at the first stop
@@ -22,7 +23,7 @@ class Answer:
     text: the answer, cut at the first stop token, without special tokens.
     prompt_tokens: the prompt's length in tokens.
     kept_fraction: K/V bytes of the prompt kept after compression / bytes of the full cache of the same prompt.
-    seconds: wall time of the batch's generate call divided by the batch size.
+    seconds: wall time of the prompt's sweep (one prefill, every cell decoded together) divided by its cells.
     """
 
     text: str
@@ -76,22 +77,22 @@ class Runner:
         """Token ids of `text` as the model sees it (as a chat user turn if `chat` and the model has a template)."""
         return self._any_engine().encode(text, chat_template=chat)
 
-    def answer(
+    def sweep(
         self,
-        method: str,
-        prompts: Sequence[str],
-        kv_size: int | None,
+        prompt: str,
+        cells: Sequence[tuple[str, int | None]],
         max_new_tokens: int,
         chat: bool,
         newline_stops: bool = False,
     ) -> list[Answer]:
-        """Greedy answers to `prompts` with `method` at `kv_size` (None: keep the whole prompt)."""
-        engine = self.engine(method)
+        """Greedy answers to `prompt` in every `(method, kv_size)` cell (kv_size None: keep the whole prompt), from
+        one prefill; `seconds` is the call's wall time divided by the number of cells."""
+        engine = self._any_engine()
         stops = stop_token_ids(engine.tokenizer, engine.eos_ids, newline=newline_stops)
-        ids = [self.encode(prompt, chat) for prompt in prompts]
+        variants = [(self.engine(method).method, kv_size) for method, kv_size in cells]
         start = time.perf_counter()
-        results = engine.generate_ids(ids, kv_size=kv_size, max_new_tokens=max_new_tokens)
-        seconds = (time.perf_counter() - start) / len(prompts)
+        results = engine.sweep(self.encode(prompt, chat), variants, max_new_tokens=max_new_tokens)
+        seconds = (time.perf_counter() - start) / len(cells)
         return [
             Answer(
                 text=engine.tokenizer.decode(cut_at_stop(result.token_ids, stops), skip_special_tokens=True),

@@ -1,5 +1,5 @@
 """The evaluation loop: every (method, kv_size) cell answers every probe, skipping what the results file already
-holds, with a progress bar.
+holds, with a progress bar. A probe's prompt is prefilled once for all its cells (`Runner.sweep`).
 
 A probe is one prompt of a benchmark (a NIAH length/depth/needle, a LongBench example); its identifying fields,
 prefixed by method and kv_size, key its record in the results file. `full` keeps the whole cache whatever the
@@ -8,7 +8,7 @@ budget, so it runs once, with `kv_size` None (the engine keeps every prompt toke
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -34,22 +34,6 @@ def budget_cells(methods: Sequence[str], kv_sizes: Sequence[int]) -> list[tuple[
     return [(m, None) if m == "full" else (m, k) for m in methods for k in ([None] if m == "full" else kv_sizes)]
 
 
-def _batches(probes: Sequence[P], requests: Callable[[P], Request], size: int) -> Iterator[list[P]]:
-    """Consecutive probes in batches of at most `size` that share chat wrapping, answer length and stops."""
-    batch: list[P] = []
-    for probe in probes:
-        if batch and (len(batch) == size or _shape(requests(batch[0])) != _shape(requests(probe))):
-            yield batch
-            batch = []
-        batch.append(probe)
-    if batch:
-        yield batch
-
-
-def _shape(request: Request) -> tuple[bool, int, bool]:
-    return request.chat, request.max_new_tokens, request.newline_stops
-
-
 def run_grid(
     store: ResultStore,
     runner: Runner,
@@ -59,46 +43,40 @@ def run_grid(
     fields: Callable[[P], dict],
     request: Callable[[P], Request],
     judge: Callable[[P, str], dict],
-    batch_size: int = 1,
     progress: bool = True,
 ) -> list[dict]:
     """Answer and judge every probe in every cell not yet in `store`; return the records of the requested grid.
 
+    Each probe with work left is prefilled once and answered in all its missing cells together; its records are
+    stored as soon as they are judged.
+
     Args:
         fields: a probe's identifying fields (the store's key fields after method and kv_size).
-        request: a probe's prompt and answer settings (built once per probe, on first need, then cached).
+        request: a probe's prompt and answer settings (built only for probes with work left).
         judge: fields to record for a probe's answer text.
-        batch_size: prompts per `generate` call.
     """
     from tqdm.auto import tqdm
 
     cells = budget_cells(methods, kv_sizes)
     key = {probe: tuple(fields(probe).values()) for probe in probes}
-    cached: dict[P, Request] = {}
-
-    def cached_request(probe: P) -> Request:
-        if probe not in cached:
-            cached[probe] = request(probe)
-        return cached[probe]
-
-    pending = {cell: [p for p in probes if not store.done((*cell, *key[p]))] for cell in cells}
-    for method in dict.fromkeys(method for (method, _), todo in pending.items() if todo):
+    pending = {probe: [cell for cell in cells if not store.done((*cell, *key[probe]))] for probe in probes}
+    for method in dict.fromkeys(method for todo in pending.values() for method, _ in todo):
         runner.engine(method)  # build every method with work left now, so a bad one fails before hours of work
-    with tqdm(total=sum(map(len, pending.values())), desc=store.task, unit="prompt", disable=not progress) as bar:
-        for (method, kv_size), todo in pending.items():
-            bar.set_postfix_str(f"{method} kv_size={kv_size or 'full'}")
-            for batch in _batches(todo, cached_request, batch_size):
-                first = cached_request(batch[0])
-                prompts = [cached_request(p).prompt for p in batch]
-                answers = runner.answer(method, prompts, kv_size, first.max_new_tokens, first.chat, first.newline_stops)
-                store.add(
-                    {
-                        "method": method, "kv_size": kv_size, **fields(p), "prompt_tokens": a.prompt_tokens,
-                        "kept_fraction": a.kept_fraction, "seconds": round(a.seconds, 3), "answer": a.text,
-                        **judge(p, a.text),
-                    }
-                    for p, a in zip(batch, answers)
-                )
-                bar.update(len(batch))
+    with tqdm(total=sum(map(len, pending.values())), desc=store.task, unit="answer", disable=not progress) as bar:
+        for probe, todo in pending.items():
+            if not todo:
+                continue
+            bar.set_postfix_str(" ".join(f"{name}={value}" for name, value in fields(probe).items()))
+            ask = request(probe)
+            answers = runner.sweep(ask.prompt, todo, ask.max_new_tokens, ask.chat, ask.newline_stops)
+            store.add(
+                {
+                    "method": method, "kv_size": kv_size, **fields(probe), "prompt_tokens": a.prompt_tokens,
+                    "kept_fraction": a.kept_fraction, "seconds": round(a.seconds, 3), "answer": a.text,
+                    **judge(probe, a.text),
+                }
+                for (method, kv_size), a in zip(todo, answers, strict=True)
+            )
+            bar.update(len(todo))
     wanted = {(*cell, *key[p]) for cell in cells for p in probes}
     return [record for record in store.records if store.key(record) in wanted]

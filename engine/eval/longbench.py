@@ -95,7 +95,6 @@ def run_longbench(
     backend: str = "auto",
     chat: bool = True,
     head_scores: Mapping[str, str] | None = None,
-    batch_size: int = 1,
     progress: bool = True,
 ) -> EvalResult:
     """LongBench scores of each method at each KV budget.
@@ -104,7 +103,7 @@ def run_longbench(
         data_dir: folder with LongBench's `<dataset>.jsonl` files (fields `input`, `context`, `answers`,
             `all_classes`, ...).
         datasets: dataset names (default: the 16 English ones).
-        model, methods, kv_sizes, out, backend, head_scores, batch_size, progress: as `run_niah`.
+        model, methods, kv_sizes, out, backend, head_scores, progress: as `run_niah`.
         limit: use only the first `limit` examples of each dataset.
         max_length: truncate prompts to this many tokens (default: the model's context minus the dataset's answer
             length and the chat template's tokens).
@@ -118,7 +117,7 @@ def run_longbench(
     """
     datasets = list(datasets) if datasets is not None else list(TASKS)
     methods = list(methods) if methods is not None else known_methods()
-    check_grid(methods=methods, kv_sizes=kv_sizes, batch_size=batch_size, max_new_tokens=1)
+    check_grid(methods=methods, kv_sizes=kv_sizes, max_new_tokens=1)
     if limit is not None and limit < 1:
         raise ValueError(f"limit={limit} must be a positive integer")
     if max_length is not None and max_length < 2:
@@ -148,7 +147,7 @@ def run_longbench(
 
     probes = [Example(dataset, index) for dataset in datasets for index in range(len(examples[dataset]))]
     with ResultStore(out, "longbench", settings, KEY_FIELDS) as store:
-        records = run_grid(store, runner, methods, kv_sizes, probes, asdict, request, judge, batch_size, progress)
+        records = run_grid(store, runner, methods, kv_sizes, probes, asdict, request, judge, progress)
         columns, rows = longbench_summary(records, datasets)
         store.summary = {"columns": columns, "rows": rows}
     title = f"longbench: {model}, {len(probes)} examples" + (f" (first {limit} per dataset)" if limit else "")

@@ -81,12 +81,11 @@ def run_needle_task(
     max_new_tokens: int = 32,
     chat: bool = True,
     head_scores: Mapping[str, str] | None = None,
-    batch_size: int = 1,
     progress: bool = True,
 ) -> EvalResult:
     """Run `task` over methods x kv_sizes x lengths x depths x the first `needles` needles (see `run_niah`)."""
     methods = list(methods) if methods is not None else known_methods()
-    check_grid(methods=methods, kv_sizes=kv_sizes, lengths=lengths, depths=depths, batch_size=batch_size,
+    check_grid(methods=methods, kv_sizes=kv_sizes, lengths=lengths, depths=depths,
                max_new_tokens=max_new_tokens)
     if not 1 <= needles <= len(task.items):
         raise ValueError(f"needles={needles} must be between 1 and {len(task.items)}")
@@ -104,7 +103,7 @@ def run_needle_task(
         def judge(probe: Probe, answer: str) -> dict:
             return task.judge(task.items[probe.needle], answer)
 
-        records = run_grid(store, runner, methods, kv_sizes, probes, asdict, request, judge, batch_size, progress)
+        records = run_grid(store, runner, methods, kv_sizes, probes, asdict, request, judge, progress)
         columns, rows = summary_rows(records, task.metrics)
         store.summary = {"columns": columns, "rows": rows}
     title = f"{task.name}: {model}, lengths {list(lengths)}, depths {list(depths)}, {needles} needle(s) per cell"

@@ -58,7 +58,6 @@ def run_niah(
     max_new_tokens: int = 32,
     chat: bool = True,
     head_scores: Mapping[str, str] | None = None,
-    batch_size: int = 1,
     progress: bool = True,
 ) -> EvalResult:
     """Needle-in-a-haystack accuracy of each method at each KV budget.
@@ -76,7 +75,6 @@ def run_niah(
         max_new_tokens: answer length.
         chat: put each prompt in the model's chat template as a user turn (when the model has one).
         head_scores: head-score file per method (headkv-r, headkv-r2, compresskv); default: the engine's.
-        batch_size: prompts per generate call.
         progress: show a progress bar.
 
     Returns:
@@ -85,5 +83,5 @@ def run_niah(
     return run_needle_task(
         NIAH, model=model, methods=methods, kv_sizes=kv_sizes, lengths=lengths, depths=depths, needles=needles,
         out=out, backend=backend, max_new_tokens=max_new_tokens, chat=chat, head_scores=head_scores,
-        batch_size=batch_size, progress=progress,
+        progress=progress,
     )

@@ -54,7 +54,6 @@ def run_reasoning(
     max_new_tokens: int = 32,
     chat: bool = True,
     head_scores: Mapping[str, str] | None = None,
-    batch_size: int = 1,
     progress: bool = True,
 ) -> EvalResult:
     """Retrieval-reasoning accuracy of each method at each KV budget; arguments as `run_niah` (`needles`: how many
@@ -63,5 +62,5 @@ def run_reasoning(
     return run_needle_task(
         REASONING, model=model, methods=methods, kv_sizes=kv_sizes, lengths=lengths, depths=depths,
         needles=needles, out=out, backend=backend, max_new_tokens=max_new_tokens, chat=chat,
-        head_scores=head_scores, batch_size=batch_size, progress=progress,
+        head_scores=head_scores, progress=progress,
     )

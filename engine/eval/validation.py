@@ -34,7 +34,6 @@ def check_grid(
     *,
     methods: Sequence[str],
     kv_sizes: Sequence[int],
-    batch_size: int,
     max_new_tokens: int,
     lengths: Sequence[int] = (1,),
     depths: Sequence[int] = (0,),
@@ -47,7 +46,6 @@ def check_grid(
     check_methods(methods)
     _positive_ints("kv_sizes", kv_sizes)
     _positive_ints("lengths", lengths)
-    _positive_ints("batch_size", [batch_size])
     _positive_ints("max_new_tokens", [max_new_tokens])
     for depth in depths:
         if not isinstance(depth, int) or not 0 <= depth <= 100:
