@@ -1,4 +1,4 @@
-"""A results file that is written after every batch, so an interrupted run resumes where it stopped.
+"""A results file that is written as answers come in, so an interrupted run resumes where it stopped.
 
 The file is JSON: the task, the settings every record depends on (model, backend, prompt and haystack versions,
 ...), the environment and command line of the latest run, and one record per generated answer. A record's key
