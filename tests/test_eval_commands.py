@@ -89,8 +89,8 @@ def test_niah_from_python(tiny_model, tmp_path):
             assert record["kept_fraction"] < 1.0
     assert [row[:3] for row in result.rows] == [["full", None, 4], ["snapkv", 16, 4], ["snapkv", 32, 4],
                                                 ["streamingllm", 16, 4], ["streamingllm", 32, 4]]
-    assert result.table.splitlines()[1].split() == ["method", "kv_size", "n", "accuracy_%", "rouge1_recall_%",
-                                                   "kv_kept_%", "s/prompt"]
+    assert result.table.splitlines()[1].split() == ["method", "kv_size", "n", "accuracy_%", "retained_%",
+                                                   "rouge1_recall_%", "kv_kept_%", "s/prompt"]
     saved = json.loads(out.read_text())
     assert saved["task"] == "niah" and len(saved["records"]) == 20 and saved["summary"]["rows"] == result.rows
     for method in ("full", "snapkv", "streamingllm"):

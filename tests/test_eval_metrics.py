@@ -94,3 +94,20 @@ def test_judges_match_whole_words():
     assert judge_reasoning("Hollis.", ["hollis"], ["quenby"])
     assert not judge_reasoning("Hollis or Quenby", ["hollis"], ["quenby"])
     assert not judge_reasoning("I don't know", ["hollis"], ["quenby"])
+
+
+def test_retained_vs_full_counts_only_the_probes_full_answers():
+    from raggedkv.engine.eval.report import retained_vs_full, summary_rows
+
+    def record(method, kv_size, probe, correct):
+        return {"method": method, "kv_size": kv_size, "probe": probe, "correct": correct}
+
+    records = [record("full", None, p, p != "c") for p in "abc"]  # full solves a and b
+    records += [record("snapkv", 64, "a", True), record("snapkv", 64, "b", False), record("snapkv", 64, "c", True)]
+    records += [record("pyramidkv", 64, "c", True)]  # shares no solved probe
+    retained = retained_vs_full(records, ["probe"])
+    columns, rows = summary_rows(records, {"retained_%": retained})
+    assert columns == ["method", "kv_size", "n", "retained_%"]
+    assert rows[0][3] == 100.0 and rows[1][3] == 50.0  # c, solved by snapkv alone, does not count
+    assert rows[2][3] is None
+    assert retained_vs_full([r for r in records if r["method"] != "full"], ["probe"]) is None

@@ -17,11 +17,12 @@ from .grid import Request, run_grid
 from .haystack import HAYSTACK_VERSION, fit_haystack
 from .budget_plot import plot_accuracy_vs_budget
 from .heatmap import plot_heatmaps
-from .report import EvalResult, format_table, summary_rows
+from .report import EvalResult, format_table, retained_vs_full, summary_rows
 from .store import ResultStore
 from .validation import check_grid, known_methods
 
-KEY_FIELDS = ("method", "kv_size", "length", "depth", "needle")
+PROBE_FIELDS = ("length", "depth", "needle")
+KEY_FIELDS = ("method", "kv_size", *PROBE_FIELDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +68,18 @@ def _prompt(task: NeedleTask, runner: Runner, probe: Probe, chat: bool) -> str:
     return prompt
 
 
+def _with_retained(metrics: Mapping[str, Callable], records: list[dict]) -> dict[str, Callable]:
+    """`metrics` with `retained_%` (accuracy on the probes the full cache gets right) after `accuracy_%`, when the
+    records include `full`."""
+    retained = retained_vs_full(records, PROBE_FIELDS)
+    out = {}
+    for name, metric in metrics.items():
+        out[name] = metric
+        if name == "accuracy_%" and retained is not None:
+            out["retained_%"] = retained
+    return out
+
+
 def run_needle_task(
     task: NeedleTask,
     *,
@@ -104,7 +117,7 @@ def run_needle_task(
             return task.judge(task.items[probe.needle], answer)
 
         records = run_grid(store, runner, methods, kv_sizes, probes, asdict, request, judge, progress)
-        columns, rows = summary_rows(records, task.metrics)
+        columns, rows = summary_rows(records, _with_retained(task.metrics, records))
         store.summary = {"columns": columns, "rows": rows}
     title = f"{task.name}: {model}, lengths {list(lengths)}, depths {list(depths)}, {needles} needle(s) per cell"
     result = EvalResult(records, columns, rows, format_table(columns, rows, title))

@@ -56,7 +56,7 @@ def format_table(columns: Sequence[str], rows: Iterable[Sequence[object]], title
 
 
 def summary_rows(
-    records: Sequence[dict], metrics: dict[str, Callable[[list[dict]], float]]
+    records: Sequence[dict], metrics: dict[str, Callable[[list[dict]], float | None]]
 ) -> tuple[list[str], list[list[object]]]:
     """One row per (method, kv_size) in first-seen order: the record count and each metric over the group."""
     columns = ["method", "kv_size", "n", *metrics]
@@ -70,3 +70,21 @@ def summary_rows(
 def percent_of(field: str) -> Callable[[list[dict]], float]:
     """A metric: 100 x the mean of a numeric or boolean record field."""
     return lambda items: 100 * mean(float(item[field]) for item in items)
+
+
+def retained_vs_full(
+    records: Sequence[dict], probe_fields: Sequence[str], value: str = "correct"
+) -> Callable[[list[dict]], float | None] | None:
+    """A metric: of the probes the `full` method answers correctly, the % a group also answers correctly (the
+    accuracy kept relative to the full cache). None for a group that shares no such probe, and instead of the
+    metric when `records` hold no `full` record."""
+    full = [r for r in records if r["method"] == "full"]
+    if not full:
+        return None
+    solved = {tuple(r[f] for f in probe_fields) for r in full if r[value]}
+
+    def metric(items: list[dict]) -> float | None:
+        hits = [float(item[value]) for item in items if tuple(item[f] for f in probe_fields) in solved]
+        return 100 * mean(hits) if hits else None
+
+    return metric
