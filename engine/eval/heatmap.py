@@ -25,7 +25,8 @@ def plot_heatmaps(records: Sequence[dict], method: str, path: str | Path, value:
     panels = group(sorted(mine, key=lambda r: (r["kv_size"] is not None, r["kv_size"] or 0)), ("kv_size",))
     cmap = LinearSegmentedColormap.from_list("niah", ["#F0496E", "#EBB839", "#0CD79F"])
     fig, axes = plt.subplots(
-        1, len(panels), figsize=(1.2 + 0.45 * len(lengths) * len(panels), 0.8 + 0.35 * len(depths)), squeeze=False
+        1, len(panels), figsize=(1.6 + max(2.0, 0.5 * len(lengths)) * len(panels), 1.2 + 0.35 * len(depths)),
+        squeeze=False, layout="constrained",
     )
     for ax, ((kv_size,), items) in zip(axes[0], panels.items()):
         cells = group(items, ("depth", "length"))
@@ -33,10 +34,11 @@ def plot_heatmaps(records: Sequence[dict], method: str, path: str | Path, value:
         image = ax.imshow(grid, cmap=cmap, vmin=0, vmax=1, aspect="auto")
         ax.set_xticks(range(len(lengths)), [f"{n / 1000:g}K" if n >= 1000 else str(n) for n in lengths], fontsize=7)
         ax.set_yticks(range(len(depths)), [f"{d:g}" for d in depths], fontsize=7)
-        ax.set_xlabel("prompt length (tokens)")
         budget = "full cache" if kv_size is None else f"kv_size {kv_size}"
-        ax.set_title(f"{method}, {budget}: {100 * mean(float(r[value]) for r in items):.0f}%", fontsize=9)
+        ax.set_title(f"{budget}: {100 * mean(float(r[value]) for r in items):.0f}%", fontsize=9)
     axes[0][0].set_ylabel("needle depth (%)")
+    fig.suptitle(method, fontsize=10)
+    fig.supxlabel("prompt length (tokens)", fontsize=9)
     fig.colorbar(image, ax=axes[0].tolist(), label="accuracy" if value == "correct" else value, fraction=0.05)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
