@@ -229,8 +229,8 @@ class Engine:
         The prompt runs through the model once. Prefill attention is full attention whatever the method (a method
         only decides what each layer keeps afterwards), so after each layer every variant compresses that layer
         into its own sequence of one ragged cache; then all variants decode together as one batch. Greedy answers
-        are those of `generate` called once per variant, for the price of one prefill: what method comparisons
-        and budget sweeps over long prompts need.
+        are those of `generate` called once per variant (up to the rounding differences any batching may bring in
+        half precision), for the price of one prefill: what method comparisons and budget sweeps need.
 
         Args:
             prompt: text (encoded like `generate` does, `chat_template` as there) or token ids.
