@@ -7,6 +7,8 @@ from pathlib import Path
 
 from .report import group, mean
 
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
 
 def plot_accuracy_vs_budget(records: Sequence[dict], path: str | Path, title: str, value: str = "correct") -> Path:
     """Write a PNG: x = kv_size (log2 axis, with the mean % of the KV cache kept under each tick), y = mean of
@@ -20,6 +22,7 @@ def plot_accuracy_vs_budget(records: Sequence[dict], path: str | Path, title: st
         raise ValueError("no records to plot")
     budgets = sorted({r["kv_size"] for r in records if r["kv_size"] is not None})
     fig, ax = plt.subplots(figsize=(7, 4.2))
+    drawn = 0
     for (method,), items in group(records, ("method",)).items():
         cells = group(items, ("kv_size",))
         if method == "full" or set(cells) == {(None,)}:
@@ -27,7 +30,9 @@ def plot_accuracy_vs_budget(records: Sequence[dict], path: str | Path, title: st
             continue
         xs = [b for b in budgets if (b,) in cells]
         ys = [100 * mean(float(r[value]) for r in cells[(b,)]) for b in xs]
-        ax.plot(xs, ys, marker="o", label=method)
+        # shrinking markers of different shapes keep methods with equal values visible on top of each other
+        ax.plot(xs, ys, marker=MARKERS[drawn % len(MARKERS)], markersize=max(3.0, 9.0 - drawn), label=method)
+        drawn += 1
     kept = group([r for r in records if r["kv_size"] is not None], ("kv_size",))
     ax.set_xscale("log", base=2)
     ax.set_xticks(budgets, [f"{b}\n{100 * mean(r['kept_fraction'] for r in kept[(b,)]):.1f}%" for b in budgets])
