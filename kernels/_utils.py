@@ -1,9 +1,11 @@
-"""Shared launcher helpers: argument checks that name the bad argument, and interpreter detection."""
+"""Shared launcher helpers: argument checks that name the bad argument, interpreter detection, and `Launch`."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -72,3 +74,34 @@ def check_kernel_device(name: str, t: torch.Tensor) -> None:
 def next_power_of_2(x: int) -> int:
     """Smallest power of two >= max(x, 1)."""
     return 1 << max(int(x) - 1, 0).bit_length()
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One kernel launch exactly as a launcher issues it: kernel, grid, runtime arguments and compile options.
+
+    Every launcher builds its launches with a pure function (`_<name>_launches(...) -> list[Launch]`, no device
+    reads, no allocation other than its outputs and scratch) and then calls each one. The kernel resource report
+    (`bench/kernel_report.py`) calls the same functions with `device="meta"` tensors, so what it compiles ahead of
+    time is the launcher's own configuration (block sizes, warps, stages, argument specialisation), never a copy.
+
+    kernel: the `@triton.jit` function. grid: program counts per axis. args: positional runtime arguments
+    (tensors, ints, floats) in the kernel's order. constexprs: `tl.constexpr` arguments by name.
+    """
+
+    kernel: Any
+    grid: tuple[int, ...]
+    args: tuple[Any, ...]
+    constexprs: Mapping[str, Any] = field(default_factory=dict)
+    num_warps: int = 4
+    num_stages: int = 2
+
+    @property
+    def name(self) -> str:
+        """The kernel's Python name, e.g. `_decode_stage1_kernel`."""
+        return self.kernel.fn.__name__ if hasattr(self.kernel, "fn") else self.kernel.__name__
+
+    def __call__(self) -> None:
+        """Launch it (skipped when the grid is empty)."""
+        if all(g > 0 for g in self.grid):
+            self.kernel[self.grid](*self.args, **self.constexprs, num_warps=self.num_warps, num_stages=self.num_stages)
