@@ -39,6 +39,8 @@ from typing import Any
 
 import torch
 
+from raggedkv.closeness import compare
+
 SCHEMA = "ragged-kv-bench/1"
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -351,42 +353,6 @@ def peak_extra_bytes(fn: Callable[[], Any], reset: Callable[[], None] | None = N
     peak = torch.cuda.max_memory_allocated() - before
     del out
     return int(peak)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Reference check
-
-
-def _tensors(x: Any) -> list[torch.Tensor]:
-    if isinstance(x, torch.Tensor):
-        return [x]
-    if isinstance(x, (tuple, list)):
-        return [t for item in x for t in _tensors(item)]
-    raise TypeError(f"a provider result must be a tensor or a tuple of tensors, got {type(x).__name__}")
-
-
-def compare(actual: Any, expected: Any, rtol: float) -> tuple[float, bool]:
-    """(max abs error over all tensors, passed): each tensor's error must be <= rtol * max |expected| of it.
-
-    A shape or NaN-pattern mismatch is an infinite error.
-    """
-    got, want = _tensors(actual), _tensors(expected)
-    if len(got) != len(want):
-        return math.inf, False
-    worst, ok = 0.0, True
-    for a, e in zip(got, want):
-        if a.shape != e.shape:
-            return math.inf, False
-        a64, e64 = a.detach().double(), e.detach().to(a.device).double()
-        if a64.numel() == 0:
-            continue
-        if bool((torch.isnan(a64) != torch.isnan(e64)).any()):
-            return math.inf, False
-        err = float((a64 - e64).abs().nan_to_num(0.0).max())
-        scale = float(e64.abs().nan_to_num(0.0).max())
-        worst = max(worst, err)
-        ok = ok and err <= rtol * scale
-    return worst, ok
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -14,8 +14,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench import _harness as H
 from bench import bench_append, bench_decode, bench_scoring, bench_select
+from raggedkv.closeness import compare
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
@@ -49,7 +49,7 @@ def test_kernel(benchmark, module, config) -> None:
         expected = bench.references[provider.ref](case)
         reset()
         out = bound.fn()
-        err, ok = H.compare(bound.result() if bound.result else out, expected, bench.rtol)
+        err, ok = compare(bound.result() if bound.result else out, expected, bench.rtol)
         assert ok, f"{PROVIDER} on {config}: max abs error {err:.3e}"
 
     def call() -> None:

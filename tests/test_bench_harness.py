@@ -11,6 +11,7 @@ import torch
 
 from bench import _harness as H
 from bench import bench_decode, plot
+from raggedkv.closeness import assert_close, compare
 
 
 @pytest.mark.parametrize("dist", ["uniform", "skew"])
@@ -34,11 +35,24 @@ def test_head_budgets_cap_at_the_prompt_and_redistribute() -> None:
 
 def test_compare_is_relative_to_the_reference_and_strict_on_shape_and_nan() -> None:
     ref = torch.tensor([1.0, -4.0])
-    assert H.compare(torch.tensor([1.0, -4.01]), ref, 1e-2) == (pytest.approx(0.01, abs=1e-6), True)
-    assert not H.compare(torch.tensor([1.0, -4.1]), ref, 1e-2)[1]
-    assert H.compare(torch.tensor([1.0]), ref, 1.0) == (math.inf, False)
-    assert H.compare(torch.tensor([float("nan"), -4.0]), ref, 1.0) == (math.inf, False)
-    assert H.compare((ref, torch.tensor([3], dtype=torch.int32)), (ref, torch.tensor([3])), 0.0)[1]
+    assert compare(torch.tensor([1.0, -4.01]), ref, 1e-2) == (pytest.approx(0.01, abs=1e-6), True)
+    assert not compare(torch.tensor([1.0, -4.1]), ref, 1e-2)[1]
+    assert compare(torch.tensor([1.0]), ref, 1.0) == (math.inf, False)
+    assert compare(torch.tensor([float("nan"), -4.0]), ref, 1.0) == (math.inf, False)
+    assert compare((ref, torch.tensor([3], dtype=torch.int32)), (ref, torch.tensor([3])), 0.0)[1]
+    assert compare((ref,), (ref, ref), 1.0) == (math.inf, False)
+
+
+def test_assert_close_names_the_worst_element_and_accepts_what_compare_accepts() -> None:
+    expected = torch.randn(4, 6, dtype=torch.float64)
+    actual = expected.clone()
+    actual[2, 3] += 0.5
+    with pytest.raises(AssertionError, match=r"k_cache: max abs error 5\.000e-01 .* at \[2, 3\].* 1/24 elements"):
+        assert_close(actual, expected, 1e-3, "k_cache")
+    assert_close(actual, expected, 1.0)  # 0.5 <= 1.0 x max |expected|
+    assert compare(actual, expected, 1.0)[1] and not compare(actual, expected, 1e-3)[1]
+    with pytest.raises(AssertionError, match=r"shape \(4, 6\) != expected \(24,\)"):
+        assert_close(actual, expected.flatten(), 1.0)
 
 
 def test_gpu_slug() -> None:
