@@ -1,6 +1,9 @@
-"""LongBench's metrics and the needle judges on hand-made examples with known scores."""
+"""LongBench's metrics, ROUGE-1 and the needle judges on hand-made examples with known scores."""
+
+import random
 
 import pytest
+import torch
 from raggedkv.engine.eval.judge import judge_reasoning, judge_retrieval, mentions
 from raggedkv.engine.eval.longbench import longbench_summary, score_prediction
 from raggedkv.engine.eval.longbench_spec import TASKS
@@ -39,6 +42,30 @@ def test_rouge1_recall_and_f():
     recall, fmeasure = rouge1("a sandwich in the park", "eat a sandwich and sit in the park")
     assert recall == pytest.approx(5 / 8)
     assert fmeasure == pytest.approx(2 * (5 / 8) / (1 + 5 / 8))
+
+
+def test_rouge1_recall_counts_reference_unigrams_with_multiplicity():
+    assert rouge1("the cat sat", "The cat sat on the mat.")[0] == pytest.approx(3 / 6)
+    assert rouge1("the cat", "the the cat")[0] == pytest.approx(2 / 3)
+    assert rouge1("ripe MANGO a", "A mango, ripe!")[0] == 1.0
+    assert rouge1("anything", "") == (0.0, 0.0) and rouge1("", "anything") == (0.0, 0.0)
+
+
+def test_rouge1_gives_the_rouge_score_packages_numbers():
+    scorer = pytest.importorskip("rouge_score.rouge_scorer").RougeScorer(["rouge1"], use_stemmer=False)
+    rng = random.Random(torch.initial_seed())  # the conftest's per-test seed
+    words = ["Cat", "cat,", "the", "a", "mat", "4817", "x-ray", "naïve", "", "!", "Ridge."]
+    for _ in range(200):
+        prediction, reference = (" ".join(rng.choices(words, k=rng.randint(0, 8))) for _ in range(2))
+        expected = scorer.score(reference, prediction)["rouge1"]
+        assert rouge1(prediction, reference) == pytest.approx((expected.recall, expected.fmeasure))
+
+
+def test_qa_f1_follows_longbench_normalisation():
+    # articles and punctuation are dropped: "a slice of ripe mango" -> slice of ripe mango
+    assert qa_f1_score("The slice of ripe mango!", "a slice of ripe mango") == 1.0
+    assert qa_f1_score("ripe mango", "slice of ripe mango") == pytest.approx(2 * 1 * 0.5 / 1.5)
+    assert qa_f1_score("bicycle", "mango") == 0.0
 
 
 def test_classification_score():

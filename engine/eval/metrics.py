@@ -1,10 +1,13 @@
-"""LongBench's official metrics, restated, and the ROUGE scores the NIAH runners report.
+"""The project's answer metrics: LongBench's official metrics, restated, and ROUGE-1 as the NIAH runners and the
+head-scoring acceptance checks (`heads/acceptance.py`) use it.
 
 Every metric takes one prediction and one ground truth and returns a float in [0, 1]; `score_example` takes the
-maximum over an example's ground truths, as LongBench's `eval.py` does. ROUGE comes from the maintained
+maximum over an example's ground truths, as LongBench's `eval.py` does. ROUGE-L comes from the maintained
 `rouge-score` package (the official code uses the older `rouge` package; both report the F-measure of the
-longest common subsequence over lower-cased word tokens) and code similarity from `rapidfuzz`, a maintained
-equivalent of the `fuzzywuzzy` ratio the official code calls.
+longest common subsequence over lower-cased word tokens); ROUGE-1 is computed here with that package's
+tokenisation (lower case, runs of `[a-z0-9]`, no stemming) and gives its numbers, so head scoring needs no optional
+dependency; code similarity comes from `rapidfuzz`, a maintained equivalent of the `fuzzywuzzy` ratio the official
+code calls.
 """
 
 from __future__ import annotations
@@ -50,19 +53,30 @@ def _require(module: str, package: str):
 
 
 @cache
-def _rouge_scorer(kind: str):
-    return _require("rouge_score.rouge_scorer", "rouge-score").RougeScorer([kind], use_stemmer=False)
+def _rouge_l_scorer():
+    return _require("rouge_score.rouge_scorer", "rouge-score").RougeScorer(["rougeL"], use_stemmer=False)
 
 
 def rouge_l_score(prediction: str, ground_truth: str, **_: object) -> float:
     """ROUGE-L F-measure (gov_report, qmsum, multi_news, samsum); 0 for an empty prediction or reference."""
-    return _rouge_scorer("rougeL").score(ground_truth, prediction)["rougeL"].fmeasure
+    return _rouge_l_scorer().score(ground_truth, prediction)["rougeL"].fmeasure
+
+
+def rouge_tokens(text: str) -> list[str]:
+    """`rouge-score`'s tokens without stemming: the runs of `[a-z0-9]` in the lower-cased text."""
+    return re.findall(r"[a-z0-9]+", text.lower())
 
 
 def rouge1(prediction: str, reference: str) -> tuple[float, float]:
-    """ROUGE-1 (recall, F-measure) of `prediction` against `reference`, as NIAH runners report them."""
-    score = _rouge_scorer("rouge1").score(reference, prediction)["rouge1"]
-    return score.recall, score.fmeasure
+    """ROUGE-1 (recall, F-measure) of `prediction` against `reference`, as `rouge-score` gives them: unigram
+    overlap with multiplicity over the reference's (recall) and the prediction's (precision) unigram counts; 0 for
+    an empty side."""
+    predicted, expected = Counter(rouge_tokens(prediction)), Counter(rouge_tokens(reference))
+    overlap = sum((predicted & expected).values())
+    precision = overlap / max(sum(predicted.values()), 1)
+    recall = overlap / max(sum(expected.values()), 1)
+    fmeasure = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    return recall, fmeasure
 
 
 def classification_score(prediction: str, ground_truth: str, *, all_classes: Sequence[str], **_: object) -> float:

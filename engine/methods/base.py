@@ -82,6 +82,8 @@ class Method(ABC):
 
     name: ClassVar[str]
     description: ClassVar[str]
+    # Score files the constructor reads: parameter -> kind (`head_scores.SCORE_KINDS`); None reads the packaged one.
+    score_files: ClassVar[dict[str, str]] = {}
     scoring: Scoring
 
     @abstractmethod

@@ -68,6 +68,7 @@ class CompressKV(Method):
 
     name = "compresskv"
     description = "error-aware layer budgets; tokens from the layer's top-4 semantic retrieval heads (CompressKV)"
+    score_files = {"layer_scores": "layer-scores", "head_scores": "semantic"}
 
     def __init__(self, layer_scores: ScoreSource | None = None, head_scores: ScoreSource | None = None,
                  model_name: str | None = None, window: int = 8, pool_size: int = 5, first_k: int = 4,
@@ -76,10 +77,10 @@ class CompressKV(Method):
             raise ValueError(f"first_k={first_k!r} must be >= 1")
         if max_ratio < 1:
             raise ValueError(f"max_ratio={max_ratio!r} must be >= 1 (the layer cap is max_ratio * kv_size)")
-        self.layer_source = resolve_score_source(layer_scores, model_name, "layer-scores", self.name,
-                                                 "layer_scores")
-        self.head_source = resolve_score_source(head_scores, model_name, "semantic", self.name,
-                                                "head_scores")
+        self.layer_source = resolve_score_source(layer_scores, model_name, self.score_files["layer_scores"],
+                                                 self.name, "layer_scores")
+        self.head_source = resolve_score_source(head_scores, model_name, self.score_files["head_scores"],
+                                                self.name, "head_scores")
         self.layer_table = read_layer_scores(self.layer_source)
         if self.layer_table.sum() <= 0:
             raise ValueError(f"layer-score file {describe_source(self.layer_source)} has only zero scores")

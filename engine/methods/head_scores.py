@@ -5,7 +5,11 @@ granularity, as HeadKV's `Important_Head/head_score/*.json` and CompressKV's SRH
 mean of its list (an empty list counts as 0). Layer scores: a JSON object with `"avg_score": [one float per layer]`
 (CompressKV's `scores/<model>_layer_score.jsonl`, which is a single JSON object despite its name).
 
-Packaged files live in `raggedkv/engine/data/<model-slug>-<kind>.json`, `kind` one of `SCORE_KINDS`.
+Score kinds (this module is their one home): `HEAD_SCORE_KINDS` are what `raggedkv score-heads --kind` computes
+(the scoring runner and its CLI choices read them from here), `LAYER_SCORE_KIND` what `raggedkv calibrate-layers`
+computes. Each method declares the files it reads in `Method.score_files` (constructor parameter -> kind); the
+engine, the benches and the CLI help read that declaration. Packaged files live in
+`raggedkv/engine/data/<model-slug>-<kind>.json`, `kind` one of `SCORE_KINDS`.
 """
 
 from __future__ import annotations
@@ -14,14 +18,17 @@ import json
 import math
 import re
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 
-from .base import ModelShape
+from .base import Method, ModelShape
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
-SCORE_KINDS = ("retrieval", "reasoning", "semantic", "layer-scores")  # `raggedkv score-heads --kind` names
+HEAD_SCORE_KINDS = ("retrieval", "reasoning", "semantic")  # per-head files: `raggedkv score-heads --kind`
+LAYER_SCORE_KIND = "layer-scores"  # per-layer file: `raggedkv calibrate-layers`
+SCORE_KINDS = (*HEAD_SCORE_KINDS, LAYER_SCORE_KIND)
 ScoreSource = str | Path | dict[str, Any]
 
 _HEAD_KEY = re.compile(r"^(\d+)-(\d+)$")
@@ -32,6 +39,18 @@ def model_slug(model_name: str) -> str:
     `"smollm2-135m-instruct"`: the last path component, lower-cased, other characters than `[a-z0-9.]` -> `-`."""
     last = Path(str(model_name).rstrip("/\\")).name.lower()
     return re.sub(r"[^a-z0-9.]+", "-", last).strip("-")
+
+
+def kinds_read_by(methods: Iterable[type[Method]]) -> dict[str, list[str]]:
+    """Every score kind -> the names of the methods whose `score_files` read it (in `methods`' order)."""
+    readers: dict[str, list[str]] = {kind: [] for kind in SCORE_KINDS}
+    for method in methods:
+        for param, kind in method.score_files.items():
+            if kind not in readers:
+                raise ValueError(f"{method.__name__}.score_files[{param!r}]={kind!r} is unknown; "
+                                 f"choose one of {SCORE_KINDS}")
+            readers[kind].append(method.name)
+    return readers
 
 
 def packaged_score_file(model_name: str | None, kind: str) -> Path | None:
@@ -53,7 +72,7 @@ def resolve_score_source(source: ScoreSource | None, model_name: str | None, kin
     if packaged is not None:
         return packaged
     model = model_slug(model_name) if model_name else "<model-slug>"
-    how = ("raggedkv calibrate-layers" if kind == "layer-scores"
+    how = ("raggedkv calibrate-layers" if kind == LAYER_SCORE_KIND
            else f"raggedkv score-heads --kind {kind}")
     raise FileNotFoundError(
         f"method {method!r} needs a {kind} score file: pass {param}=<path or dict>, computed with `{how}` "

@@ -54,14 +54,15 @@ class HeadKV(Method):
     `engine/data/<model-slug>-<kind>.json` for `model_name` is used, else construction fails naming that file.
     """
 
-    score_kind: ClassVar[str]
+    score_files: ClassVar[dict[str, str]]
 
     def __init__(self, head_scores: ScoreSource | None = None, model_name: str | None = None, beta: float = 1.01,
                  window: int = 8, pool: str = "max", pool_size: int = 7, group_reduce: str = "mean",
                  temp: float = 1.0, faithful: bool = False) -> None:
         if beta < 1:
             raise ValueError(f"beta={beta!r} must be >= 1")
-        self.source = resolve_score_source(head_scores, model_name, self.score_kind, self.name, "head_scores")
+        self.source = resolve_score_source(head_scores, model_name, self.score_files["head_scores"], self.name,
+                                           "head_scores")
         self.table = read_head_scores(self.source)
         self.probs = head_probabilities(self.table, temp)
         self.beta = beta
@@ -92,7 +93,7 @@ class HeadKVR(HeadKV):
 
     name = "headkv-r"
     description = "per-head budgets from Retrieval-heads scores (HeadKV-R)"
-    score_kind = "retrieval"
+    score_files = {"head_scores": "retrieval"}
 
 
 class HeadKVR2(HeadKV):
@@ -100,4 +101,4 @@ class HeadKVR2(HeadKV):
 
     name = "headkv-r2"
     description = "per-head budgets from Retrieval-Reasoning-heads scores (HeadKV-R2, the method of record)"
-    score_kind = "reasoning"
+    score_files = {"head_scores": "reasoning"}
