@@ -14,6 +14,9 @@ from pathlib import Path
 
 import torch
 
+from ..methods import METHODS
+from ..methods.head_scores import HEAD_SCORE_KINDS, kinds_read_by
+
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_LENGTHS = (500, 1000, 1500, 2000)  # the grid of the shipped SmolLM2 files
 DEFAULT_DEPTHS = (0, 25, 50, 75, 100)
@@ -30,8 +33,10 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                                    description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help=f"{DEFAULT_MODEL!r} or a local Hugging Face folder (default {DEFAULT_MODEL})")
-    parser.add_argument("--kind", required=True, choices=("retrieval", "reasoning", "semantic"),
-                        help="retrieval: HeadKV-R (Eq. 1); reasoning: HeadKV-R2 (Eq. 2); semantic: CompressKV")
+    parser.add_argument("--kind", required=True, choices=HEAD_SCORE_KINDS,
+                        help="; ".join(f"{kind}: read by {', '.join(methods)}"
+                                       for kind, methods in kinds_read_by(METHODS.values()).items()
+                                       if kind in HEAD_SCORE_KINDS))
     parser.add_argument("--lengths", type=int, nargs="+", default=list(DEFAULT_LENGTHS), metavar="TOKENS",
                         help="context lengths in tokens (default %(default)s; the paper: 0 2500 5000 7500 10000)")
     parser.add_argument("--depths", type=float, nargs="+", default=list(DEFAULT_DEPTHS), metavar="PERCENT",

@@ -13,11 +13,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..methods.head_scores import HEAD_SCORE_KINDS
 from .haystack import HAYSTACK_SEED, HAYSTACK_VERSION
 from .needles import needles_for
 from .trial import TrialSpec, run_trial
 
-KINDS = ("retrieval", "reasoning", "semantic")
+KINDS = HEAD_SCORE_KINDS  # the one home of the kind names: `raggedkv.engine.methods.head_scores`
 
 
 @dataclass(frozen=True, slots=True)
