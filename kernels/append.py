@@ -2,15 +2,20 @@
 
 Layout: segment `s = b * num_kv_heads + h` owns rows `kv_indptr[s] .. kv_indptr[s + 1]` of `k_cache` and
 `v_cache` (`[total_slots, head_dim]`, contiguous); the new token of segment `s` goes to row
-`kv_indptr[s] + kv_lens[s]`. A segment already at capacity is left untouched, length included (the caller
-reserves decode headroom), exactly as `reference.append_kv_ref`.
+`kv_indptr[s] + kv_lens[s]`. Exactly as `reference.append_kv_ref`:
+- the length is clamped to `[0, capacity]` on the device first (a negative length counts as 0, so the token goes
+  to the segment's first row and the length becomes 1);
+- a segment whose clamped length is at capacity is left unchanged, its stored length included (the caller
+  reserves decode headroom);
+- a row outside the buffer (`kv_indptr` past its end, a caller error) is never written; that segment is left
+  unchanged too.
 
 Dtypes: k_new/v_new fp16/bf16/fp32, cast on store to the cache dtype (fp16/bf16/fp32); a pure copy when the
-dtypes agree (exact under the interpreter too). kv_indptr/kv_lens int32.
+dtypes agree (exact under the interpreter too). kv_indptr/kv_lens int32 or int64 (each its own).
 
-Grid: `(num_segments,)`, one program per segment, each copying `head_dim` elements of K and of V and bumping its
-own length, so there are no races and no atomics. One launch per call, no host sync, no allocation: the call can
-be captured in a CUDA graph.
+Grid: `(num_segments,)`, one program per segment, each copying `head_dim` elements of K and of V and setting
+its own length, so there are no races and no atomics. One launch per call, no host sync, no allocation: the
+call can be captured in a CUDA graph. `_append_kv_launches` describes that launch without running it.
 
 Not supported: several new tokens per segment in one call; growing a segment past its capacity.
 """
@@ -21,7 +26,15 @@ import torch
 import triton
 import triton.language as tl
 
-from ._utils import FLOAT_DTYPES, check_kernel_device, check_same_shape, check_tensor, next_power_of_2
+from ._utils import (
+    FLOAT_DTYPES,
+    INDEX_DTYPES,
+    Launch,
+    check_kernel_device,
+    check_same_shape,
+    check_tensor,
+    next_power_of_2,
+)
 
 
 @triton.jit
@@ -34,18 +47,21 @@ def _append_kv_kernel(
     kv_lens_ptr,
     stride_k_new_seg,
     stride_v_new_seg,
+    total_slots,
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
     # k_new, v_new: [num_segments, HEAD_DIM], row strides stride_{k,v}_new_seg, last dim contiguous.
     # k_cache, v_cache: [total_slots, HEAD_DIM] contiguous. kv_indptr: [num_segments + 1], kv_lens: [num_segments].
-    # Program s owns segment s: it writes row kv_indptr[s] + kv_lens[s] and then kv_lens[s] += 1.
+    # Program s owns segment s: length = clamp(kv_lens[s], 0, capacity); it writes row kv_indptr[s] + length
+    # and sets kv_lens[s] = length + 1, unless the segment is full or the row lies outside the buffer.
     seg = tl.program_id(0).to(tl.int64)
     seg_start = tl.load(kv_indptr_ptr + seg).to(tl.int64)
     seg_end = tl.load(kv_indptr_ptr + seg + 1).to(tl.int64)
-    seg_len = tl.load(kv_lens_ptr + seg)
-    row = seg_start + seg_len.to(tl.int64)
-    if row >= seg_end:  # at capacity: leave the segment as it is
+    capacity = tl.maximum(seg_end - seg_start, 0)
+    length = tl.minimum(tl.maximum(tl.load(kv_lens_ptr + seg).to(tl.int64), 0), capacity)
+    row = seg_start + length
+    if (length >= capacity) | (row < 0) | (row >= total_slots):  # full, or a broken kv_indptr: leave it
         return
 
     offs_d = tl.arange(0, BLOCK_D)
@@ -54,10 +70,10 @@ def _append_kv_kernel(
     v = tl.load(v_new_ptr + seg * stride_v_new_seg + offs_d, mask=d_mask, other=0.0)
     tl.store(k_cache_ptr + row * HEAD_DIM + offs_d, k.to(k_cache_ptr.dtype.element_ty), mask=d_mask)
     tl.store(v_cache_ptr + row * HEAD_DIM + offs_d, v.to(v_cache_ptr.dtype.element_ty), mask=d_mask)
-    tl.store(kv_lens_ptr + seg, seg_len + 1)
+    tl.store(kv_lens_ptr + seg, (length + 1).to(kv_lens_ptr.dtype.element_ty))
 
 
-def _check_append_args(
+def check_append_args(
     k_new: torch.Tensor,
     v_new: torch.Tensor,
     k_cache: torch.Tensor,
@@ -65,14 +81,17 @@ def _check_append_args(
     kv_indptr: torch.Tensor,
     kv_lens: torch.Tensor,
 ) -> None:
-    """Host-side checks of dtype, device, rank, shape agreement and layout; reads no device values."""
+    """Host-side checks of dtype, device, rank, shape agreement and layout; reads no device values.
+
+    Shared by the Triton launcher and the CPU path of `torch.ops.raggedkv.append_kv`, so both refuse the same
+    arguments with the same message (the launcher also checks that its tensors can reach a Triton kernel).
+    """
     check_tensor("k_cache", k_cache, ndim=2, dtypes=FLOAT_DTYPES, contiguous=True)
-    check_kernel_device("k_cache", k_cache)
     device = k_cache.device
     check_tensor("v_cache", v_cache, ndim=2, dtypes=(k_cache.dtype,), device=device, contiguous=True)
     check_same_shape("v_cache", v_cache, "k_cache", k_cache)
-    check_tensor("kv_lens", kv_lens, ndim=1, dtypes=(torch.int32,), device=device, contiguous=True)
-    check_tensor("kv_indptr", kv_indptr, ndim=1, dtypes=(torch.int32,), device=device, contiguous=True)
+    check_tensor("kv_lens", kv_lens, ndim=1, dtypes=INDEX_DTYPES, device=device, contiguous=True)
+    check_tensor("kv_indptr", kv_indptr, ndim=1, dtypes=INDEX_DTYPES, device=device, contiguous=True)
     if kv_indptr.numel() != kv_lens.numel() + 1:
         raise ValueError(
             f"kv_indptr has {kv_indptr.numel()} entries but kv_lens has {kv_lens.numel()}; "
@@ -88,6 +107,30 @@ def _check_append_args(
             )
 
 
+def _append_kv_launches(
+    k_new: torch.Tensor,
+    v_new: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    kv_indptr: torch.Tensor,
+    kv_lens: torch.Tensor,
+) -> list[Launch]:
+    """The one launch of `append_kv` for checked arguments: shapes and strides only, no device reads (meta
+    tensors work). Its grid is empty when there are no segments."""
+    num_segments, head_dim = kv_lens.shape[0], k_cache.shape[1]
+    return [
+        Launch(
+            kernel=_append_kv_kernel,
+            grid=(num_segments,),
+            args=(k_new, v_new, k_cache, v_cache, kv_indptr, kv_lens, k_new.stride(0), v_new.stride(0),
+                  k_cache.shape[0]),
+            constexprs={"HEAD_DIM": head_dim, "BLOCK_D": next_power_of_2(head_dim)},
+            num_warps=1,
+            num_stages=1,
+        )
+    ]
+
+
 def append_kv(
     k_new: torch.Tensor,
     v_new: torch.Tensor,
@@ -98,38 +141,25 @@ def append_kv(
 ) -> None:
     """Write one new K/V row per segment at `kv_indptr[s] + kv_lens[s]` and increment `kv_lens`, in place.
 
-    A segment already at capacity (`kv_lens[s] == kv_indptr[s + 1] - kv_indptr[s]`) is left unchanged, its
-    length included. Rows outside `kv_indptr[s] + kv_lens[s]` are never written. No host sync: safe inside a
-    CUDA-graph capture. Same semantics as `reference.append_kv_ref`.
+    The length is clamped to `[0, capacity]` on the device first (negative counts as 0). A segment whose
+    clamped length is at capacity (`capacity = kv_indptr[s + 1] - kv_indptr[s]`) is left unchanged, its length
+    included. Nothing outside rows `kv_indptr[s] .. kv_indptr[s + 1]` and inside the buffer is written. No host
+    sync: safe inside a CUDA-graph capture. Same semantics as `reference.append_kv_ref`.
 
     Args:
         k_new, v_new: `[num_segments, head_dim]` fp16/bf16/fp32, row `s = b * num_kv_heads + h`; the last dim
             must be contiguous, rows may be strided (e.g. `k.view(batch * num_kv_heads, head_dim)` of a
             `[batch, num_kv_heads, head_dim]` view). Cast to the cache dtype on store.
         k_cache, v_cache: `[total_slots, head_dim]` fp16/bf16/fp32, contiguous, same dtype; written in place.
-        kv_indptr: `[num_segments + 1]` int32 row offsets (segment capacities).
-        kv_lens: `[num_segments]` int32 valid rows per segment; incremented in place.
+        kv_indptr: `[num_segments + 1]` int32/int64 row offsets (segment capacities).
+        kv_lens: `[num_segments]` int32/int64 valid rows per segment; set in place to the clamped length + 1.
 
     Raises:
         TypeError / ValueError: a wrong dtype, device, rank, shape or layout, naming the argument.
 
     Not supported: more than one new token per segment per call.
     """
-    _check_append_args(k_new, v_new, k_cache, v_cache, kv_indptr, kv_lens)
-    num_segments = kv_lens.numel()
-    if num_segments == 0:
-        return
-    head_dim = k_cache.shape[1]
-    _append_kv_kernel[(num_segments,)](
-        k_new,
-        v_new,
-        k_cache,
-        v_cache,
-        kv_indptr,
-        kv_lens,
-        k_new.stride(0),
-        v_new.stride(0),
-        HEAD_DIM=head_dim,
-        BLOCK_D=next_power_of_2(head_dim),
-        num_warps=1,
-    )
+    check_kernel_device("k_cache", k_cache)
+    check_append_args(k_new, v_new, k_cache, v_cache, kv_indptr, kv_lens)
+    for launch in _append_kv_launches(k_new, v_new, k_cache, v_cache, kv_indptr, kv_lens):
+        launch()

@@ -21,6 +21,17 @@ def _compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
+def _segment_bounds(
+    kv_indptr: torch.Tensor, kv_lens: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """int64 `[num_segments]` first rows, capacities (`>= 0`) and lengths clamped to `[0, capacity]`, on the device
+    (no host sync): what every kernel trusts of `kv_indptr` and `kv_lens`."""
+    start = kv_indptr[:-1].to(torch.int64)
+    capacity = (kv_indptr[1:].to(torch.int64) - start).clamp_min(0)
+    length = torch.minimum(kv_lens.to(torch.int64).clamp_min(0), capacity)
+    return start, capacity, length
+
+
 def window_scores_ref(
     q_win: torch.Tensor,
     k: torch.Tensor,
@@ -97,27 +108,30 @@ def select_and_pack_ref(
         budgets: `[num_src]` int32/int64, prefix tokens to keep per segment, `0 <= budgets[i] <= m`.
         k_src, v_src: `[num_src, n, head_dim]`, the full prompt keys/values; the last `w = n - m` are the window.
         k_cache, v_cache: `[total_slots, head_dim]`, written in place.
-        kv_indptr: `[num_segments + 1]` int32 row offsets; kv_lens: `[num_segments]` int32, set in place.
+        kv_indptr: `[num_segments + 1]` int32/int64 row offsets; kv_lens: `[num_segments]` int32/int64, set in
+            place.
         first_segment: source segment `i` goes to cache segment `first_segment + i`.
 
     Segment `first_segment + i` receives, from its first row on: the kept prefix tokens in position order, then
     the `w` window tokens; `kv_lens` becomes `budgets[i] + w`. Ties in `scores` go to the lower position.
-    Rows past `budgets[i] + w` and all other segments are left untouched.
+    Rows past `budgets[i] + w` and all other segments are left untouched. Budgets the launcher would refuse are
+    clamped instead: to `[0, m]`, and the packed tokens to the segment's capacity (the first `capacity` of them);
+    rows outside the buffer are skipped.
     """
     num_src, m = scores.shape
     n = k_src.shape[1]
     device = scores.device
+    budgets = budgets.to(device=device, dtype=torch.int64).clamp(0, m)
     order = torch.sort(scores, dim=1, descending=True, stable=True).indices  # [num_src, m]
     rank = torch.empty_like(order)
     rank.scatter_(1, order, torch.arange(m, device=device).expand(num_src, m).contiguous())
-    keep = torch.cat(
-        [rank < budgets.to(device=device, dtype=torch.int64)[:, None], torch.ones(num_src, n - m, dtype=torch.bool, device=device)],
-        dim=1,
-    )  # [num_src, n]
-    slot = keep.to(torch.int64).cumsum(dim=1) - 1
+    keep = torch.cat([rank < budgets[:, None], torch.ones(num_src, n - m, dtype=torch.bool, device=device)], dim=1)
+    slot = keep.to(torch.int64).cumsum(dim=1) - 1  # [num_src, n] destination slot of each kept token
     segment = torch.arange(first_segment, first_segment + num_src, device=device)
-    rows = kv_indptr.to(torch.int64)[segment][:, None] + slot  # [num_src, n]
-    src_seg, src_pos = keep.nonzero(as_tuple=True)
+    start, capacity, _ = _segment_bounds(kv_indptr, kv_lens)
+    keep &= slot < capacity[segment][:, None]
+    rows = start[segment][:, None] + slot  # [num_src, n]
+    src_seg, src_pos = (keep & (rows >= 0) & (rows < k_cache.shape[0])).nonzero(as_tuple=True)
     dst = rows[src_seg, src_pos]
     k_cache[dst] = k_src[src_seg, src_pos].to(k_cache.dtype)
     v_cache[dst] = v_src[src_seg, src_pos].to(v_cache.dtype)
@@ -137,18 +151,19 @@ def append_kv_ref(
     Args:
         k_new, v_new: `[num_segments, head_dim]`, segment `s = b * num_kv_heads + h`.
         k_cache, v_cache: `[total_slots, head_dim]`.
-        kv_indptr: `[num_segments + 1]` int32; kv_lens: `[num_segments]` int32.
+        kv_indptr: `[num_segments + 1]` int32/int64; kv_lens: `[num_segments]` int32/int64.
 
-    A segment already at capacity (`kv_lens[s] == kv_indptr[s + 1] - kv_indptr[s]`) is left unchanged, length
-    included: the caller reserves decode headroom.
+    The length is first clamped to `[0, capacity]` (negative counts as 0, so the row goes to the segment's start
+    and the length becomes 1). A segment whose clamped length is at capacity is left unchanged, stored length
+    included: the caller reserves decode headroom. A row outside the buffer is never written (that segment is
+    left unchanged).
     """
-    start = kv_indptr[:-1].to(torch.int64)
-    capacity = kv_indptr[1:].to(torch.int64) - start
-    fits = kv_lens.to(torch.int64) < capacity
-    rows = (start + kv_lens.to(torch.int64))[fits]
-    k_cache[rows] = k_new[fits].to(k_cache.dtype)
-    v_cache[rows] = v_new[fits].to(v_cache.dtype)
-    kv_lens += fits.to(kv_lens.dtype)
+    start, capacity, length = _segment_bounds(kv_indptr, kv_lens)
+    rows = start + length
+    fits = (length < capacity) & (rows >= 0) & (rows < k_cache.shape[0])
+    k_cache[rows[fits]] = k_new[fits].to(k_cache.dtype)
+    v_cache[rows[fits]] = v_new[fits].to(v_cache.dtype)
+    kv_lens.copy_(torch.where(fits, length + 1, kv_lens.to(torch.int64)))
 
 
 def ragged_decode_attention_ref(
@@ -164,11 +179,14 @@ def ragged_decode_attention_ref(
     Args:
         q: `[batch, num_qo_heads, head_dim]`.
         k_cache, v_cache: `[total_slots, head_dim]`.
-        kv_indptr: `[batch * num_kv_heads + 1]` int32; kv_lens: `[batch * num_kv_heads]` int32.
+        kv_indptr: `[batch * num_kv_heads + 1]` int32/int64; kv_lens: `[batch * num_kv_heads]` int32/int64.
         sm_scale: default `1 / sqrt(head_dim)`.
 
     Returns:
         `[batch, num_qo_heads, head_dim]` in `q.dtype`; a query head whose segment is empty gets zeros.
+
+    Lengths are clamped to `[0, capacity]` (a negative length reads nothing), so only rows
+    `kv_indptr[s] .. kv_indptr[s + 1]` are read; rows outside the buffer are skipped.
 
     Works on the valid rows only (no padding to the longest segment), so its cost follows the tokens kept: a
     batch with one long segment among short ones costs what its rows cost.
@@ -179,11 +197,13 @@ def ragged_decode_attention_ref(
     dtype = _compute_dtype(q, k_cache, v_cache)
     scale = sm_scale if sm_scale is not None else 1.0 / math.sqrt(head_dim)
 
-    lens = kv_lens.to(torch.int64)
+    start, _, lens = _segment_bounds(kv_indptr, kv_lens)
     segment = torch.repeat_interleave(torch.arange(num_segments, device=q.device), lens)  # [T] owner of each row
     first_of_segment = torch.cumsum(lens, dim=0) - lens  # position of each segment's first row among the T
     offset = torch.arange(segment.numel(), device=q.device) - first_of_segment[segment]
-    rows = kv_indptr[:-1].to(torch.int64)[segment] + offset  # [T] rows of the cache
+    rows = start[segment] + offset  # [T] rows of the cache
+    in_buffer = (rows >= 0) & (rows < k_cache.shape[0])
+    segment, rows = segment[in_buffer], rows[in_buffer]
     keys = k_cache[rows].to(dtype)  # [T, D]
     values = v_cache[rows].to(dtype)
 

@@ -14,6 +14,11 @@ Semantics are exactly `reference.select_and_pack_ref`: segment `first_segment + 
 on, its kept prefix tokens in position order, then the `w` window tokens, and `kv_lens` becomes
 `budgets[i] + w`. Ties in `scores` go to the lower position. Nothing else is written.
 
+Metadata contract: `select_and_pack` validates `budgets` and `kv_indptr` on the host (one sync, at prefill
+time). The kernel does not rely on it: it clamps each budget to `[0, m]` and the packed length to the segment's
+capacity on the device, and masks rows outside the buffer, so launches built by `_select_and_pack_launches` never
+write outside rows `kv_indptr[s] .. kv_indptr[s + 1]` either.
+
 Launch structure (fixed, independent of the number of segments; no host sync besides argument validation):
     1. torch: a stable descending sort of `scores` ranks the prefix tokens (ties to the lower position); the first
        `budgets[i]` of each row are the kept ones; a second sort puts them in position order
@@ -23,6 +28,7 @@ Launch structure (fixed, independent of the number of segments; no host sync bes
        `m + t - budget` after that), gathers those K and V rows and stores them contiguously at
        `kv_indptr[segment] + t`; programs past `budget + w` exit at once; block 0 also sets `kv_lens`.
        Pure copies (cast to the cache dtype on store), exact in every dtype, also under the interpreter.
+    `_select_and_pack_launches` builds step 1's ranking and step 2's launch from shapes alone (meta tensors work).
 
 Tested under the Triton interpreter (CPU) against the reference, all three dtypes; not yet on a GPU.
 Not supported: AdaKV-style global selection across segments (give the per-segment budgets), scores of
@@ -35,7 +41,15 @@ import torch
 import triton
 import triton.language as tl
 
-from ._utils import FLOAT_DTYPES, INDEX_DTYPES, check_kernel_device, check_same_shape, check_tensor, next_power_of_2
+from ._utils import (
+    FLOAT_DTYPES,
+    INDEX_DTYPES,
+    Launch,
+    check_kernel_device,
+    check_same_shape,
+    check_tensor,
+    next_power_of_2,
+)
 
 BLOCK_T = 64  # destination slots per program
 SCORE_DTYPES = FLOAT_DTYPES + (torch.float64,)
@@ -44,7 +58,7 @@ SCORE_DTYPES = FLOAT_DTYPES + (torch.float64,)
 @triton.jit
 def _select_pack_kernel(
     src_pos_ptr, budgets_ptr, k_src_ptr, v_src_ptr, k_cache_ptr, v_cache_ptr, kv_indptr_ptr, kv_lens_ptr,
-    first_segment, m, n, head_dim,
+    first_segment, m, n, head_dim, total_slots,
     stride_pos_seg, stride_ks_seg, stride_ks_tok, stride_vs_seg, stride_vs_tok,
     BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -52,12 +66,14 @@ def _select_pack_kernel(
     # budgets_ptr: [num_src]; k_src_ptr, v_src_ptr: [num_src, n, head_dim], last dim contiguous.
     # k_cache_ptr, v_cache_ptr: [total_slots, head_dim] contiguous; kv_indptr_ptr: [num_segments + 1];
     # kv_lens_ptr: [num_segments]. Program (i, blk): destination slots blk*BLOCK_T .. +BLOCK_T of segment
-    # first_segment + i.
+    # first_segment + i. Budget clamped to [0, m], length to the segment's capacity; rows outside the buffer masked.
     src = tl.program_id(0).to(tl.int64)
     blk = tl.program_id(1)
     segment = first_segment + src
-    budget = tl.load(budgets_ptr + src).to(tl.int64)
-    length = budget + (n - m)
+    budget = tl.minimum(tl.maximum(tl.load(budgets_ptr + src).to(tl.int64), 0), m)
+    seg_start = tl.load(kv_indptr_ptr + segment).to(tl.int64)
+    capacity = tl.maximum(tl.load(kv_indptr_ptr + segment + 1).to(tl.int64) - seg_start, 0)
+    length = tl.minimum(budget + (n - m), capacity)
     if blk == 0:
         tl.store(kv_lens_ptr + segment, length.to(kv_lens_ptr.dtype.element_ty))
     if blk * BLOCK_T >= length:
@@ -65,7 +81,8 @@ def _select_pack_kernel(
 
     # Source token of every destination slot: a kept prefix token, then the window in order.
     t = blk * BLOCK_T + tl.arange(0, BLOCK_T)
-    t_ok = t < length
+    rows = seg_start + t
+    t_ok = (t < length) & (rows >= 0) & (rows < total_slots)
     is_prefix = t < budget
     pos = tl.load(src_pos_ptr + src * stride_pos_seg + t, mask=is_prefix, other=0)
     pos = tl.where(is_prefix, pos, m + t - budget)
@@ -73,7 +90,6 @@ def _select_pack_kernel(
     # Gather the K and V rows and store them contiguously in the segment.
     d = tl.arange(0, BLOCK_D)
     mask = t_ok[:, None] & (d < head_dim)[None, :]
-    rows = tl.load(kv_indptr_ptr + segment).to(tl.int64) + t
     dst = rows[:, None] * head_dim + d[None, :]
     k = tl.load(k_src_ptr + src * stride_ks_seg + pos[:, None] * stride_ks_tok + d[None, :], mask=mask, other=0.0)
     tl.store(k_cache_ptr + dst, k.to(k_cache_ptr.dtype.element_ty), mask=mask)
@@ -81,7 +97,7 @@ def _select_pack_kernel(
     tl.store(v_cache_ptr + dst, v.to(v_cache_ptr.dtype.element_ty), mask=mask)
 
 
-def _check_args(
+def check_select_and_pack_args(
     scores: torch.Tensor,
     budgets: torch.Tensor,
     k_src: torch.Tensor,
@@ -92,17 +108,19 @@ def _check_args(
     kv_lens: torch.Tensor,
     first_segment: int,
 ) -> None:
-    """Raise TypeError/ValueError naming the first bad argument; reads budgets and kv_indptr on the host."""
+    """Raise TypeError/ValueError naming the first bad argument; reads budgets and kv_indptr on the host.
+
+    Shared by the Triton launcher and the CPU path of `torch.ops.raggedkv.select_and_pack`, so both refuse the
+    same arguments with the same message."""
     check_tensor("scores", scores, ndim=2, dtypes=SCORE_DTYPES)
-    check_kernel_device("scores", scores)
     device = scores.device
-    check_tensor("budgets", budgets, ndim=1, dtypes=INDEX_DTYPES, device=device)
+    check_tensor("budgets", budgets, ndim=1, dtypes=INDEX_DTYPES, device=device, contiguous=True)
     check_tensor("k_src", k_src, ndim=3, dtypes=FLOAT_DTYPES, device=device, last_dim_contiguous=True)
     check_tensor("v_src", v_src, ndim=3, dtypes=FLOAT_DTYPES, device=device, last_dim_contiguous=True)
     check_tensor("k_cache", k_cache, ndim=2, dtypes=FLOAT_DTYPES, device=device, contiguous=True)
     check_tensor("v_cache", v_cache, ndim=2, dtypes=FLOAT_DTYPES, device=device, contiguous=True)
-    check_tensor("kv_indptr", kv_indptr, ndim=1, dtypes=INDEX_DTYPES, device=device)
-    check_tensor("kv_lens", kv_lens, ndim=1, dtypes=INDEX_DTYPES, device=device)
+    check_tensor("kv_indptr", kv_indptr, ndim=1, dtypes=INDEX_DTYPES, device=device, contiguous=True)
+    check_tensor("kv_lens", kv_lens, ndim=1, dtypes=INDEX_DTYPES, device=device, contiguous=True)
     check_same_shape("v_src", v_src, "k_src", k_src)
     check_same_shape("v_cache", v_cache, "k_cache", k_cache)
 
@@ -170,6 +188,38 @@ def _kept_positions(scores: torch.Tensor, budgets: torch.Tensor) -> torch.Tensor
     return torch.where(kept, order, m).sort(dim=1).values
 
 
+def _select_and_pack_launches(
+    scores: torch.Tensor,
+    budgets: torch.Tensor,
+    k_src: torch.Tensor,
+    v_src: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    kv_indptr: torch.Tensor,
+    kv_lens: torch.Tensor,
+    first_segment: int = 0,
+) -> list[Launch]:
+    """The pack launch of `select_and_pack` for checked arguments, its ranking (`src_pos`) enqueued as scratch.
+
+    Reads no device value: the grid comes from shapes (`num_src`, `n`), so meta tensors work (the ranking is then
+    a meta tensor too). Its grid is empty when there are no source segments.
+    """
+    num_src, m = scores.shape
+    n, head_dim = k_src.shape[1], k_src.shape[2]
+    src_pos = _kept_positions(scores, budgets)
+    return [
+        Launch(
+            kernel=_select_pack_kernel,
+            grid=(num_src, max(1, triton.cdiv(n, BLOCK_T))),  # block 0 always sets kv_lens
+            args=(src_pos, budgets, k_src, v_src, k_cache, v_cache, kv_indptr, kv_lens,
+                  first_segment, m, n, head_dim, k_cache.shape[0],
+                  src_pos.stride(0), k_src.stride(0), k_src.stride(1), v_src.stride(0), v_src.stride(1)),
+            constexprs={"BLOCK_T": BLOCK_T, "BLOCK_D": max(16, next_power_of_2(head_dim))},
+            num_warps=4,
+        )
+    ]
+
+
 def select_and_pack(
     scores: torch.Tensor,
     budgets: torch.Tensor,
@@ -194,7 +244,8 @@ def select_and_pack(
             tokens are the window.
         k_cache, v_cache: `[total_slots, head_dim]` fp16/bf16/fp32, contiguous, written in place (values cast to
             the cache dtype).
-        kv_indptr: `[num_segments + 1]` int32/int64 row offsets; kv_lens: `[num_segments]` int32/int64, set in place.
+        kv_indptr: `[num_segments + 1]` int32/int64 row offsets; kv_lens: `[num_segments]` int32/int64, set in place
+            (their old values are never read).
         first_segment: cache segment of source segment 0.
 
     Raises:
@@ -205,15 +256,9 @@ def select_and_pack(
     Reads `budgets` and `kv_indptr` on the host to validate them (one sync, at prefill time).
     Not supported: a global (cross-segment) budget, autograd.
     """
-    _check_args(scores, budgets, k_src, v_src, k_cache, v_cache, kv_indptr, kv_lens, first_segment)
-    num_src, m = scores.shape
-    n, head_dim = k_src.shape[1], k_src.shape[2]
-    if num_src == 0:
-        return
-    src_pos = _kept_positions(scores, budgets)
-    _select_pack_kernel[(num_src, max(1, triton.cdiv(n, BLOCK_T)))](  # block 0 always sets kv_lens
-        src_pos, budgets, k_src, v_src, k_cache, v_cache, kv_indptr, kv_lens,
-        first_segment, m, n, head_dim,
-        src_pos.stride(0), k_src.stride(0), k_src.stride(1), v_src.stride(0), v_src.stride(1),
-        BLOCK_T=BLOCK_T, BLOCK_D=max(16, next_power_of_2(head_dim)), num_warps=4,
-    )
+    check_kernel_device("scores", scores)
+    check_select_and_pack_args(scores, budgets, k_src, v_src, k_cache, v_cache, kv_indptr, kv_lens, first_segment)
+    for launch in _select_and_pack_launches(
+        scores, budgets, k_src, v_src, k_cache, v_cache, kv_indptr, kv_lens, first_segment
+    ):
+        launch()

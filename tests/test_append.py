@@ -130,7 +130,8 @@ def _bad_append_args(name):
             lambda a: a.update(kv_indptr=a["kv_indptr"].float()),
         ],
         "kv_lens": [
-            lambda a: a.update(kv_lens=a["kv_lens"].long()),
+            lambda a: a.update(kv_lens=a["kv_lens"].to(torch.int16)),
+            lambda a: a.update(kv_lens=a["kv_lens"].float()),
             lambda a: a.update(kv_lens=a["kv_lens"][None]),
         ],
     }[name]
