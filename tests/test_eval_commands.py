@@ -135,13 +135,13 @@ def test_an_interrupted_run_resumes_where_it_stopped(tiny_model, tmp_path, monke
 
     calls.clear()
     monkeypatch.setattr(Runner, "sweep", recording)
-    wider = {**grid, "kv_sizes": [16, 32]}  # resuming may add budgets: only the missing cells run
-    result = run_niah(**wider)
+    wider = {**grid, "kv_sizes": [16, 32]}  # merging may add budgets: only the missing cells run
+    result = run_niah(**wider, merge=True)
     assert calls == [[("snapkv", 32)], [("snapkv", 32)], [("full", None), ("snapkv", 16), ("snapkv", 32)]]
     assert len(result.records) == 9 and result.records[:4] == saved
 
     calls.clear()
-    run_niah(**wider)
+    run_niah(**wider)  # the file's grid is now the wider one: a plain rerun resumes it
     assert calls == []  # everything is done: nothing is generated
 
 

@@ -1,8 +1,10 @@
 """`raggedkv eval {niah,reasoning,longbench}`: the evaluation commands (`register` adds them to the CLI).
 
 Lists are comma- or space-separated (`--kv-sizes 32,64 128`); integer lists also take inclusive ranges
-(`--lengths 1000:8000:1000`). A run writes its results JSON as it goes and resumes from it when rerun with the
-same settings; it prints a fixed-width summary table and the files it wrote.
+(`--lengths 1000:8000:1000`). A run writes its results JSON after every answered prompt (by default under
+`raggedkv-eval/` in the current folder) and resumes from it when rerun with the same settings and grid; `--merge`
+adds a run over another grid to it. SIGINT and SIGTERM stop a run with every finished answer saved. A run prints
+a fixed-width summary table and the files it wrote.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import sys
 from pathlib import Path
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+DEFAULT_OUT_DIR = Path("raggedkv-eval")  # in the current folder; never the repository's committed eval-results/
 
 
 def int_list(text: str) -> list[int]:
@@ -61,8 +64,12 @@ def _common(parser: argparse.ArgumentParser, default_kv_sizes: str) -> None:
     parser.add_argument("--methods", type=str_list, nargs="+", help="compression methods (default: all)")
     parser.add_argument("--kv-sizes", type=int_list, nargs="+", default=[int_list(default_kv_sizes)],
                         help=f"average tokens kept per head per layer (default {default_kv_sizes})")
-    parser.add_argument("--out", type=Path, help="results JSON, resumed when rerun with the same settings "
-                        "(default eval-results/<command>-<model>.json)")
+    parser.add_argument("--out", type=Path, help="results JSON, written after every answered prompt and resumed "
+                        "when rerun with the same settings and grid; plots go next to it "
+                        f"(default {DEFAULT_OUT_DIR}/<command>-<model>.json in the current folder)")
+    parser.add_argument("--merge", action="store_true", help="add this run's cells to an --out file over another "
+                        "grid (other methods, budgets, lengths, ...; same settings); its table and plots then "
+                        "cover both")
     parser.add_argument("--backend", default="auto", choices=("auto", "torch", "triton"), help="engine backend")
     parser.add_argument("--no-chat", action="store_true", help="do not put prompts in the model's chat template")
     parser.add_argument("--head-scores", type=method_path, action="append", metavar="METHOD=PATH",
@@ -82,7 +89,7 @@ def _needle_parser(parser: argparse.ArgumentParser, needles: int) -> None:
 
 
 def _shared_kwargs(args: argparse.Namespace, task: str) -> dict:
-    out = args.out if args.out is not None else Path("eval-results") / f"{task}-{_slug(args.model)}.json"
+    out = args.out if args.out is not None else DEFAULT_OUT_DIR / f"{task}-{_slug(args.model)}.json"
     return {
         "model": args.model,
         "methods": _flat(args.methods),
@@ -92,6 +99,7 @@ def _shared_kwargs(args: argparse.Namespace, task: str) -> dict:
         "chat": not args.no_chat,
         "head_scores": dict(args.head_scores or []),
         "progress": not args.no_progress,
+        "merge": args.merge,
     }
 
 
@@ -114,6 +122,7 @@ def _report(result) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from . import run_longbench, run_niah, run_reasoning
+    from .interrupts import Interrupted, signals_interrupt
 
     if args.threads is not None:
         import torch
@@ -121,17 +130,19 @@ def _run(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise ValueError(f"--threads {args.threads} must be a positive integer")
         torch.set_num_threads(args.threads)
-    try:  # bad arguments raise ValueError, which the raggedkv entry point reports
-        if args.eval_command == "longbench":
-            kwargs = {**_shared_kwargs(args, "longbench"), "data_dir": args.data_dir,
-                      "datasets": _flat(args.datasets), "limit": args.limit, "max_length": args.max_length,
-                      "max_new_tokens": args.max_new_tokens}
-            return _report(run_longbench(**kwargs))
-        run = run_niah if args.eval_command == "niah" else run_reasoning
-        return _report(run(**_needle_kwargs(args, args.eval_command)))
-    except KeyboardInterrupt:
-        print("interrupted: rerun the same command to resume from the results file", file=sys.stderr)
-        return 130
+    with signals_interrupt():
+        try:  # bad arguments raise ValueError, which the raggedkv entry point reports
+            if args.eval_command == "longbench":
+                kwargs = {**_shared_kwargs(args, "longbench"), "data_dir": args.data_dir,
+                          "datasets": _flat(args.datasets), "limit": args.limit, "max_length": args.max_length,
+                          "max_new_tokens": args.max_new_tokens}
+                return _report(run_longbench(**kwargs))
+            run = run_niah if args.eval_command == "niah" else run_reasoning
+            return _report(run(**_needle_kwargs(args, args.eval_command)))
+        except KeyboardInterrupt as interrupt:
+            print("interrupted: every finished answer is in the results file; rerun the same command to resume",
+                  file=sys.stderr)
+            return interrupt.exit_status if isinstance(interrupt, Interrupted) else 130
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

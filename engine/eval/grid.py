@@ -30,8 +30,15 @@ class Request:
 
 
 def budget_cells(methods: Sequence[str], kv_sizes: Sequence[int]) -> list[tuple[str, int | None]]:
-    """(method, kv_size) pairs to run, `full` once with kv_size None."""
-    return [(m, None) if m == "full" else (m, k) for m in methods for k in ([None] if m == "full" else kv_sizes)]
+    """Distinct (method, kv_size) pairs to run, `full` once with kv_size None."""
+    return list(dict.fromkeys((m, None) if m == "full" else (m, k) for m in methods for k in kv_sizes))
+
+
+def wanted_keys(
+    methods: Sequence[str], kv_sizes: Sequence[int], probes: Sequence[P], fields: Callable[[P], dict]
+) -> list[tuple]:
+    """The store keys of every (cell, probe) of the grid: method, kv_size, then the probe's fields."""
+    return [(*cell, *fields(probe).values()) for cell in budget_cells(methods, kv_sizes) for probe in probes]
 
 
 def run_grid(
@@ -45,10 +52,11 @@ def run_grid(
     judge: Callable[[P, str], dict],
     progress: bool = True,
 ) -> list[dict]:
-    """Answer and judge every probe in every cell not yet in `store`; return the records of the requested grid.
+    """Answer and judge every probe in every cell not yet in `store`; return every record of the store (the
+    requested grid, and with `merge` the cells of the file's earlier runs as well).
 
     Each probe with work left is prefilled once and answered in all its missing cells together; its records are
-    stored as soon as they are judged.
+    stored (and written) as soon as they are judged.
 
     Args:
         fields: a probe's identifying fields (the store's key fields after method and kv_size).
@@ -58,8 +66,8 @@ def run_grid(
     from tqdm.auto import tqdm
 
     cells = budget_cells(methods, kv_sizes)
-    key = {probe: tuple(fields(probe).values()) for probe in probes}
-    pending = {probe: [cell for cell in cells if not store.done((*cell, *key[probe]))] for probe in probes}
+    key = {probe: tuple(fields(probe).values()) for probe in dict.fromkeys(probes)}
+    pending = {probe: [cell for cell in cells if not store.done((*cell, *key[probe]))] for probe in key}
     for method in dict.fromkeys(method for todo in pending.values() for method, _ in todo):
         runner.engine(method)  # build every method with work left now, so a bad one fails before hours of work
     with tqdm(total=sum(map(len, pending.values())), desc=store.task, unit="answer", disable=not progress) as bar:
@@ -78,5 +86,4 @@ def run_grid(
                 for (method, kv_size), a in zip(todo, answers, strict=True)
             )
             bar.update(len(todo))
-    wanted = {(*cell, *key[p]) for cell in cells for p in probes}
-    return [record for record in store.records if store.key(record) in wanted]
+    return list(store.records)

@@ -76,7 +76,8 @@ def _sentence(rng: random.Random) -> str:
     creatures, observer, plant = rng.choice(_CREATURES), rng.choice(_OBSERVERS), rng.choice(_PLANTS)
     return rng.choice(_TEMPLATES).format(
         time=rng.choice(_TIMES), observer=observer, Observer=capitalize(observer), weather=rng.choice(_WEATHER),
-        place=place, place2=place2, creatures=creatures, Creatures=capitalize(creatures), plant=plant, Plant=capitalize(plant),
+        place=place, place2=place2, creatures=creatures, Creatures=capitalize(creatures), plant=plant,
+        Plant=capitalize(plant),
         n=rng.randint(3, 60), small=rng.randint(2, 9), tree=rng.choice(_TREES), material=rng.choice(_MATERIALS),
         mood=rng.choice(_MOODS), comparison=rng.choice(_COMPARISONS),
     )

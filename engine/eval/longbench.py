@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .generation import Runner
-from .grid import Request, run_grid
+from .grid import Request, run_grid, wanted_keys
 from .longbench_spec import TASKS, Task
 from .metrics import score_example
 from .prompting import truncate_middle
@@ -96,6 +96,7 @@ def run_longbench(
     chat: bool = True,
     head_scores: Mapping[str, str] | None = None,
     progress: bool = True,
+    merge: bool = False,
 ) -> EvalResult:
     """LongBench scores of each method at each KV budget.
 
@@ -103,7 +104,7 @@ def run_longbench(
         data_dir: folder with LongBench's `<dataset>.jsonl` files (fields `input`, `context`, `answers`,
             `all_classes`, ...).
         datasets: dataset names (default: the 16 English ones).
-        model, methods, kv_sizes, out, backend, head_scores, progress: as `run_niah`.
+        model, methods, kv_sizes, out, backend, head_scores, progress, merge: as `run_niah`.
         limit: use only the first `limit` examples of each dataset.
         max_length: truncate prompts to this many tokens (default: the model's context minus the dataset's answer
             length and the chat template's tokens).
@@ -146,9 +147,11 @@ def run_longbench(
         return {"score": score_prediction(TASKS[probe.dataset], answer, example), "id": example.get("_id")}
 
     probes = [Example(dataset, index) for dataset in datasets for index in range(len(examples[dataset]))]
-    with ResultStore(out, "longbench", settings, KEY_FIELDS) as store:
+    wanted = wanted_keys(methods, kv_sizes, probes, asdict)
+    with ResultStore(out, "longbench", settings, KEY_FIELDS, wanted, merge) as store:
         records = run_grid(store, runner, methods, kv_sizes, probes, asdict, request, judge, progress)
-        columns, rows = longbench_summary(records, datasets)
+        columns, rows = longbench_summary(records, list(dict.fromkeys([*datasets, *store.grid["dataset"]])))
         store.summary = {"columns": columns, "rows": rows}
-    title = f"longbench: {model}, {len(probes)} examples" + (f" (first {limit} per dataset)" if limit else "")
+    shown = len({(record["dataset"], record["index"]) for record in records})
+    title = f"longbench: {model}, {shown} examples" + (f" (first {limit} per dataset)" if limit else "")
     return EvalResult(records, columns, rows, format_table(columns, rows, title), [Path(out)] if out else [])

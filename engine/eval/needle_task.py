@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .generation import Runner
-from .grid import Request, run_grid
+from .grid import Request, run_grid, wanted_keys
 from .haystack import HAYSTACK_VERSION, fit_haystack
 from .budget_plot import plot_accuracy_vs_budget
 from .heatmap import plot_heatmaps
@@ -95,6 +95,7 @@ def run_needle_task(
     chat: bool = True,
     head_scores: Mapping[str, str] | None = None,
     progress: bool = True,
+    merge: bool = False,
 ) -> EvalResult:
     """Run `task` over methods x kv_sizes x lengths x depths x the first `needles` needles (see `run_niah`)."""
     methods = list(methods) if methods is not None else known_methods()
@@ -108,7 +109,8 @@ def run_needle_task(
     }
     runner = Runner(model, backend=backend, head_scores=head_scores)
     probes = [Probe(n, d, needle) for n in lengths for d in depths for needle in list(task.items)[:needles]]
-    with ResultStore(out, task.name, settings, KEY_FIELDS) as store:
+    wanted = wanted_keys(methods, kv_sizes, probes, asdict)
+    with ResultStore(out, task.name, settings, KEY_FIELDS, wanted, merge) as store:
 
         def request(probe: Probe) -> Request:  # the model loads on the first prompt built, only if work is left
             return Request(_prompt(task, runner, probe, chat), chat, max_new_tokens)
@@ -119,7 +121,9 @@ def run_needle_task(
         records = run_grid(store, runner, methods, kv_sizes, probes, asdict, request, judge, progress)
         columns, rows = summary_rows(records, _with_retained(task.metrics, records))
         store.summary = {"columns": columns, "rows": rows}
-    title = f"{task.name}: {model}, lengths {list(lengths)}, depths {list(depths)}, {needles} needle(s) per cell"
+        grid = store.grid
+    title = (f"{task.name}: {model}, lengths {grid['length']}, depths {grid['depth']}, "
+             f"{len(grid['needle'])} needle(s) per cell")
     result = EvalResult(records, columns, rows, format_table(columns, rows, title))
     if out is not None:
         result.files.append(Path(out))

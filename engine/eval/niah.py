@@ -59,6 +59,7 @@ def run_niah(
     chat: bool = True,
     head_scores: Mapping[str, str] | None = None,
     progress: bool = True,
+    merge: bool = False,
 ) -> EvalResult:
     """Needle-in-a-haystack accuracy of each method at each KV budget.
 
@@ -69,19 +70,25 @@ def run_niah(
         lengths: prompt lengths in tokens, chat template included (each prompt is within a sentence of it).
         depths: needle depths in percent of the haystack (0 = first sentence, 100 = last).
         needles: how many of the needles each (length, depth) probes.
-        out: results JSON; if it exists with the same settings the run resumes (cells already there are
-            skipped). Heatmaps are written next to it as `<out stem>-<method>.png`. None writes nothing.
+        out: results JSON, rewritten (atomically) after every answered prompt. If it exists with the same
+            settings and grid the run resumes (cells already there are skipped); a file that does not parse, of
+            other settings, or (without `merge`) over another grid is refused before any work and left untouched.
+            Heatmaps are written next to it as `<out stem>-<method>.png`, and `<out stem>-accuracy.png`. None
+            writes nothing.
         backend: the engine's backend.
         max_new_tokens: answer length.
         chat: put each prompt in the model's chat template as a user turn (when the model has one).
         head_scores: head-score file per method (headkv-r, headkv-r2, compresskv); default: the engine's.
         progress: show a progress bar.
+        merge: add this run's cells to an `out` over another grid (same settings); the table, summary and plots
+            then cover the whole file.
 
     Returns:
-        The records of the grid, the summary (one row per method and kv_size) and the files written.
+        The records of the grid (with `merge`, of the whole file), the summary (one row per method and kv_size)
+        and the files written.
     """
     return run_needle_task(
         NIAH, model=model, methods=methods, kv_sizes=kv_sizes, lengths=lengths, depths=depths, needles=needles,
         out=out, backend=backend, max_new_tokens=max_new_tokens, chat=chat, head_scores=head_scores,
-        progress=progress,
+        progress=progress, merge=merge,
     )
