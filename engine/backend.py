@@ -1,6 +1,7 @@
 """Kernel backends: the four ragged-cache operations the engine runs, chosen by name.
 
-* ``"torch"``: the vectorised references (`raggedkv.kernels.reference`); any device, the CPU default.
+* ``"torch"``: the vectorised references (`raggedkv.kernels.reference`); any device, the CPU default. Its scorer is
+  `window_scores_chunked`, which scores the window a chunk of keys at a time (no `[heads, w, n]` tensor).
 * ``"triton"``: the Triton launchers; CUDA tensors, or CPU tensors under the interpreter (`TRITON_INTERPRET=1` set
   before `raggedkv.kernels` is imported, as the tests do).
 * ``"auto"``: ``"triton"`` on CUDA, ``"torch"`` otherwise.
@@ -50,7 +51,7 @@ def _no_decode_plan(capacities: torch.Tensor, device: torch.device) -> dict:
 
 TORCH_BACKEND = Backend(
     name="torch",
-    window_scores=reference.window_scores_ref,
+    window_scores=reference.window_scores_chunked,
     select_and_pack=reference.select_and_pack_ref,
     append_kv=reference.append_kv_ref,
     ragged_decode_attention=reference.ragged_decode_attention_ref,

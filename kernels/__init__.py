@@ -16,6 +16,8 @@ from .reference import append_kv_ref, ragged_decode_attention_ref, select_and_pa
 from .select_pack import select_and_pack
 from .window_scores import window_scores
 
+from . import ops  # noqa: E402  registers torch.ops.raggedkv.* (needs the launchers above)
+
 __all__ = [
     "window_scores",
     "select_and_pack",

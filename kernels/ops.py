@@ -2,7 +2,10 @@
 
 Each op has a fake (meta) implementation, so it traces under `torch.compile(fullgraph=True)`, and declares the
 tensors it mutates. There is no device restriction: on CUDA tensors (or on CPU under `TRITON_INTERPRET=1`) an op
-runs the Triton launcher; on CPU otherwise it runs the pure-torch reference, so the ops work everywhere.
+runs the Triton launcher; on CPU otherwise it runs the pure-torch reference (for `window_scores`, its chunked
+twin `window_scores_chunked`), so the ops work everywhere.
+`append_kv` and `select_and_pack` apply the launcher's own argument checks on both paths (same dtypes, shapes
+and messages). `import raggedkv.kernels` registers the ops.
 
 | op | mutates | returns |
 |---|---|---|
@@ -20,9 +23,9 @@ import torch
 
 from . import reference
 from ._utils import is_interpreter
-from .append import append_kv
+from .append import append_kv, check_append_args
 from .decode import ragged_decode_attention
-from .select_pack import select_and_pack
+from .select_pack import check_select_and_pack_args, select_and_pack
 from .window_scores import window_scores
 
 
@@ -41,7 +44,7 @@ def window_scores_op(
     qo_head_weights: torch.Tensor | None = None,
     sm_scale: float | None = None,
 ) -> torch.Tensor:
-    fn = window_scores if _use_triton(q_win) else reference.window_scores_ref
+    fn = window_scores if _use_triton(q_win) else reference.window_scores_chunked
     out = fn(q_win, k, window_reduce=window_reduce, group_reduce=group_reduce, pool=pool, pool_size=pool_size,
              qo_head_weights=qo_head_weights, sm_scale=sm_scale)
     return out.to(torch.float32)
@@ -65,8 +68,11 @@ def select_and_pack_op(
     kv_lens: torch.Tensor,
     first_segment: int = 0,
 ) -> None:
-    fn = select_and_pack if _use_triton(k_cache) else reference.select_and_pack_ref
-    fn(scores, budgets, k_src, v_src, k_cache, v_cache, kv_indptr, kv_lens, first_segment)
+    if _use_triton(k_cache):
+        select_and_pack(scores, budgets, k_src, v_src, k_cache, v_cache, kv_indptr, kv_lens, first_segment)
+        return
+    check_select_and_pack_args(scores, budgets, k_src, v_src, k_cache, v_cache, kv_indptr, kv_lens, first_segment)
+    reference.select_and_pack_ref(scores, budgets, k_src, v_src, k_cache, v_cache, kv_indptr, kv_lens, first_segment)
 
 
 @select_and_pack_op.register_fake
@@ -83,8 +89,11 @@ def append_kv_op(
     kv_indptr: torch.Tensor,
     kv_lens: torch.Tensor,
 ) -> None:
-    fn = append_kv if _use_triton(k_cache) else reference.append_kv_ref
-    fn(k_new, v_new, k_cache, v_cache, kv_indptr, kv_lens)
+    if _use_triton(k_cache):
+        append_kv(k_new, v_new, k_cache, v_cache, kv_indptr, kv_lens)
+        return
+    check_append_args(k_new, v_new, k_cache, v_cache, kv_indptr, kv_lens)
+    reference.append_kv_ref(k_new, v_new, k_cache, v_cache, kv_indptr, kv_lens)
 
 
 @append_kv_op.register_fake

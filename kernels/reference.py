@@ -43,7 +43,8 @@ def window_scores_ref(
     qo_head_weights: torch.Tensor | None = None,
     sm_scale: float | None = None,
 ) -> torch.Tensor:
-    """Observation-window scores of every prefix token, per KV head (materialises `[heads, w, n]`).
+    """Observation-window scores of every prefix token, per KV head: the readable oracle (materialises
+    `[heads, w, n]`; `window_scores_chunked` computes the same in bounded memory).
 
     Args:
         q_win: `[num_qo_heads, w, head_dim]`, the last `w` prompt queries after RoPE.
@@ -72,19 +73,80 @@ def window_scores_ref(
     key_pos = torch.arange(n, device=k.device)[None, :]
     logits = logits.masked_fill(key_pos > query_pos, float("-inf"))
     probs = torch.softmax(logits, dim=-1)[:, :, : n - w]  # [Hq, w, n - w]
-
     per_head = probs.sum(dim=1) if window_reduce == "sum" else probs.mean(dim=1)  # [Hq, n - w]
+    return _reduce_heads_and_pool(per_head, num_kv_heads, group_reduce, pool, pool_size, qo_head_weights)
+
+
+WINDOW_KEY_CHUNK = 64  # prefix keys per step of window_scores_chunked
+
+
+def window_scores_chunked(
+    q_win: torch.Tensor,
+    k: torch.Tensor,
+    *,
+    window_reduce: str = "mean",
+    group_reduce: str = "mean",
+    pool: str = "max",
+    pool_size: int = 7,
+    qo_head_weights: torch.Tensor | None = None,
+    sm_scale: float | None = None,
+    key_chunk: int = WINDOW_KEY_CHUNK,
+) -> torch.Tensor:
+    """`window_scores_ref`'s result in bounded memory: the torch backend's scorer (CPU default).
+
+    Same arguments and result as `window_scores_ref`, computed the way the Triton kernel does it: pass 1 gets the
+    log-sum-exp of every window row (the causal window block, then the prefix keys `key_chunk` at a time), pass 2
+    sums each chunk's probabilities over the window. The largest intermediate is `[num_kv_heads, group * w,
+    key_chunk]`; each query group multiplies its own KV head's keys (no per-query-head copy of K).
+    """
+    num_qo_heads, w, head_dim = q_win.shape
+    num_kv_heads, n, _ = k.shape
+    group, m = num_qo_heads // num_kv_heads, n - w
+    dtype = _compute_dtype(q_win, k)
+    scale = sm_scale if sm_scale is not None else 1.0 / math.sqrt(head_dim)
+    queries = q_win.to(dtype).reshape(num_kv_heads, group * w, head_dim) * scale  # row g * w + i: head g, query i
+
+    def logits(first: int, last: int) -> torch.Tensor:  # [num_kv_heads, group * w, last - first]
+        return torch.matmul(queries, k[:, first:last].to(dtype).transpose(1, 2))
+
+    causal = torch.arange(w, device=k.device)[None, :] > torch.arange(w, device=k.device)[:, None]  # [w, w]
+    window_logits = logits(m, n).view(num_kv_heads, group, w, w).masked_fill(causal, float("-inf"))
+    lse = torch.logsumexp(window_logits, dim=-1).view(num_kv_heads, group * w)
+    chunks = [(first, min(first + key_chunk, m)) for first in range(0, m, key_chunk)]
+    for first, last in chunks:
+        lse = torch.logaddexp(lse, torch.logsumexp(logits(first, last), dim=-1))
+
+    per_head = torch.empty(num_kv_heads, group, m, dtype=dtype, device=k.device)
+    for first, last in chunks:
+        probs = torch.exp(logits(first, last) - lse[:, :, None])
+        per_head[:, :, first:last] = probs.view(num_kv_heads, group, w, last - first).sum(dim=2)
+    if window_reduce == "mean":
+        per_head /= w
+    return _reduce_heads_and_pool(per_head.view(num_qo_heads, m), num_kv_heads, group_reduce, pool, pool_size,
+                                  qo_head_weights)
+
+
+def _reduce_heads_and_pool(
+    per_head: torch.Tensor,
+    num_kv_heads: int,
+    group_reduce: str,
+    pool: str,
+    pool_size: int,
+    qo_head_weights: torch.Tensor | None,
+) -> torch.Tensor:
+    """`[num_qo_heads, m]` window-reduced scores -> weighted, reduced over each KV head's group, pooled:
+    `[num_kv_heads, m]`."""
+    num_qo_heads, m = per_head.shape
     if qo_head_weights is not None:
-        per_head = per_head * qo_head_weights.to(dtype)[:, None]
-    grouped = per_head.view(num_kv_heads, group, n - w)
+        per_head = per_head * qo_head_weights.to(per_head.dtype)[:, None]
+    grouped = per_head.view(num_kv_heads, num_qo_heads // num_kv_heads, m)
     if group_reduce == "mean":
         scores = grouped.mean(dim=1)
     elif group_reduce == "max":
         scores = grouped.amax(dim=1)
     else:
         scores = grouped.sum(dim=1)
-
-    if pool_size > 1 and n - w > 0:
+    if pool_size > 1 and m > 0:
         pool_fn = F.max_pool1d if pool == "max" else F.avg_pool1d
         scores = pool_fn(scores[:, None, :], pool_size, stride=1, padding=pool_size // 2)[:, 0, :]
     return scores

@@ -1,11 +1,15 @@
-"""torch.library registration: opcheck on every op, and torch.compile(fullgraph=True) through them."""
+"""torch.library registration: opcheck on every op, torch.compile(fullgraph=True) through them, registration on
+`import raggedkv.kernels`, and the same argument rules (int64 metadata included) on the Triton and the CPU path."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from raggedkv.kernels import ops, reference
+from raggedkv.kernels import append_kv, ops, reference, select_and_pack
 from tests.utils import TOLERANCE, assert_close, random_lengths_plan, sentinel_cache
 
 HEAD_DIM = 16
@@ -61,9 +65,100 @@ def test_ragged_decode_attention_opcheck(device):
     )
 
 
+OP_NAMES = ("window_scores", "select_and_pack", "append_kv", "ragged_decode_attention")
+
+
 def test_ops_are_registered_under_raggedkv_namespace():
-    for name in ("window_scores", "select_and_pack", "append_kv", "ragged_decode_attention"):
+    for name in OP_NAMES:
         assert hasattr(torch.ops.raggedkv, name), name
+
+
+def test_importing_kernels_registers_the_ops():
+    """A fresh interpreter that imports only `raggedkv.kernels` (not `raggedkv.kernels.ops`) sees every op."""
+    code = (
+        "import torch, raggedkv.kernels\n"
+        f"missing = [n for n in {OP_NAMES!r} if not hasattr(torch.ops.raggedkv, n)]\n"
+        "print('missing:', missing)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "missing: []", result.stdout
+
+
+@pytest.fixture
+def cpu_path(monkeypatch):
+    """Makes the ops take their pure-torch path (as on a CPU without the Triton interpreter)."""
+    monkeypatch.setattr(ops, "_use_triton", lambda t: False)
+
+
+def _append_args(device, index_dtype=torch.int32):
+    q, k_cache, v_cache, plan = _decode_case(device)
+    k_new = torch.randn(plan.kv_lens.numel(), HEAD_DIM, device=device)
+    return dict(k_new=k_new, v_new=torch.randn_like(k_new), k_cache=k_cache, v_cache=v_cache,
+                kv_indptr=plan.kv_indptr.to(index_dtype), kv_lens=plan.kv_lens.to(index_dtype))
+
+
+def _pack_args(device, index_dtype=torch.int32):
+    q_win, k, v, budgets, k_cache, v_cache, plan = _pack_case(device)
+    scores = torch.randn(NUM_KV_HEADS, k.shape[1] - q_win.shape[1], device=device)
+    return dict(scores=scores, budgets=budgets, k_src=k, v_src=v, k_cache=k_cache, v_cache=v_cache,
+                kv_indptr=plan.kv_indptr.to(index_dtype), kv_lens=plan.kv_lens.to(index_dtype), first_segment=0)
+
+
+BAD_APPEND = [
+    ("k_new", lambda a: a.update(k_new=a["k_new"][:-1])),
+    ("k_new", lambda a: a.update(k_new=a["k_new"].to(torch.int32))),
+    ("v_new", lambda a: a.update(v_new=a["v_new"][:, :8])),
+    ("v_cache", lambda a: a.update(v_cache=a["v_cache"].double())),
+    ("kv_indptr", lambda a: a.update(kv_indptr=a["kv_indptr"][1:])),
+    ("kv_lens", lambda a: a.update(kv_lens=a["kv_lens"].to(torch.int16))),
+]
+BAD_PACK = [
+    ("scores", lambda a: a.update(scores=a["scores"].to(torch.int32))),
+    ("budgets", lambda a: a.update(budgets=a["budgets"] + 100)),
+    ("k_src", lambda a: a.update(k_src=a["k_src"][:, :4])),
+    ("kv_indptr", lambda a: a.update(kv_indptr=a["kv_indptr"][:-1])),
+    ("kv_lens", lambda a: a.update(kv_lens=a["kv_lens"].float())),
+    ("first_segment", lambda a: a.update(first_segment=1)),
+]
+
+
+@pytest.mark.parametrize(
+    "launcher,op,make_args,name,mutate",
+    [(append_kv, "append_kv", _append_args, *bad) for bad in BAD_APPEND]
+    + [(select_and_pack, "select_and_pack", _pack_args, *bad) for bad in BAD_PACK],
+    ids=[f"append_kv-{name}-{i}" for i, (name, _) in enumerate(BAD_APPEND)]
+    + [f"select_and_pack-{name}-{i}" for i, (name, _) in enumerate(BAD_PACK)],
+)
+def test_cpu_path_refuses_what_the_launcher_refuses(device, cpu_path, launcher, op, make_args, name, mutate):
+    args = make_args(device)
+    mutate(args)
+    with pytest.raises((TypeError, ValueError), match=name) as by_launcher:
+        launcher(**args)
+    with pytest.raises(by_launcher.type) as by_op:
+        getattr(torch.ops.raggedkv, op)(**args)
+    assert str(by_op.value) == str(by_launcher.value)
+
+
+def test_int64_metadata_gives_the_same_cache_on_both_paths(device, monkeypatch):
+    """Pack then append with int64 `kv_indptr`/`kv_lens` through the ops, once on the Triton path and once on the
+    CPU path: identical caches and lengths, equal to the int32 run."""
+    runs = {}
+    for path, index_dtype in (("triton", torch.int64), ("cpu", torch.int64), ("triton", torch.int32)):
+        monkeypatch.setattr(ops, "_use_triton", lambda t, path=path: path == "triton")
+        torch.manual_seed(0)
+        pack = _pack_args(device, index_dtype)
+        torch.ops.raggedkv.select_and_pack(**pack)
+        append = dict(pack, k_new=torch.randn(NUM_KV_HEADS, HEAD_DIM, device=device))
+        append["v_new"] = -append["k_new"]
+        torch.ops.raggedkv.append_kv(**{n: append[n] for n in ("k_new", "v_new", "k_cache", "v_cache", "kv_indptr",
+                                                                  "kv_lens")})
+        assert pack["kv_lens"].dtype == index_dtype
+        runs[path, index_dtype] = (pack["k_cache"], pack["v_cache"], pack["kv_lens"].to(torch.int64))
+    expected = runs["triton", torch.int32]
+    for key, got in runs.items():
+        for a, b in zip(got, expected, strict=True):
+            assert torch.equal(a, b), key
 
 
 def test_compiled_decode_step_matches_reference(device):
