@@ -20,7 +20,10 @@ from typing import Any
 
 import torch
 
-from bench import _harness as H
+from bench.harness import kernel_run
+from bench.harness.environment import launcher, missing_module, reference
+from bench.harness.shapes import KERNEL_SHAPES, attention_shape
+from bench.harness.spec import Bound, KernelBench, Provider
 
 DTYPE = torch.bfloat16
 
@@ -31,7 +34,7 @@ def configs(mode: str) -> list[dict[str, Any]]:
     elif mode == "quick":
         grid = [("llama3-8b", b, kv) for b in (1, 16) for kv in (2048, 32768)]
     else:
-        grid = [(m, b, kv) for m in H.MODEL_SHAPES for b in (1, 16) for kv in (128, 512, 2048, 8192, 32768)]
+        grid = [(m, b, kv) for m in KERNEL_SHAPES for b in (1, 16) for kv in (128, 512, 2048, 8192, 32768)]
     return [{"model": m, "batch": b, "kv_size": kv} for m, b, kv in grid]
 
 
@@ -42,7 +45,7 @@ class AppendCase:
     def __init__(self, config: dict[str, Any], device: torch.device):
         from raggedkv.kernels import plan_segments
 
-        shape = H.MODEL_SHAPES[config["model"]]
+        shape = attention_shape(config["model"])
         segments, kv_size, d = config["batch"] * shape.num_kv_heads, config["kv_size"], shape.head_dim
         self.lens0 = torch.full((segments,), kv_size, dtype=torch.int32, device=device)
         plan = plan_segments(self.lens0, 16, device=device)
@@ -88,7 +91,7 @@ def reconcat(case: AppendCase) -> tuple[torch.Tensor, ...]:
     return k, v, cu
 
 
-def _reconcat(case: AppendCase) -> H.Bound:
+def _reconcat(case: AppendCase) -> Bound:
     state: dict[str, Any] = {}
 
     def step() -> tuple[torch.Tensor, ...]:
@@ -99,13 +102,13 @@ def _reconcat(case: AppendCase) -> H.Bound:
         k, v, cu = state["out"]
         return k[case.flat_new_dst], v[case.flat_new_dst], (cu[1:] - cu[:-1])
 
-    return H.Bound(step, result=result)
+    return Bound(step, result=result)
 
 
 def _calling(get_fn):
-    def setup(case: AppendCase) -> H.Bound:
+    def setup(case: AppendCase) -> Bound:
         fn = get_fn()
-        return H.Bound(lambda: fn(*case.args()), result=case.result, reset=case.clear_and_reset)
+        return Bound(lambda: fn(*case.args()), result=case.result, reset=case.clear_and_reset)
     return setup
 
 
@@ -114,17 +117,17 @@ def append_ref(case: AppendCase) -> tuple[torch.Tensor, ...]:
 
 
 PROVIDERS = [
-    H.Provider("reconcat", "Ada-KV/HeadKV flattened cache: new buffer + copy of the whole cache every step",
+    Provider("reconcat", "Ada-KV/HeadKV flattened cache: new buffer + copy of the whole cache every step",
                _reconcat),
-    H.Provider("triton", "raggedkv append_kv (in place, kv_lens += 1 on the device)",
-               _calling(lambda: H.launcher("append_kv")),
-               requires=functools.partial(H.missing_module, "raggedkv.kernels.append")),
-    H.Provider("torch_ref", "raggedkv append_kv_ref (torch index writes)", _calling(lambda: H.reference("append_kv"))),
+    Provider("triton", "raggedkv append_kv (in place, kv_lens += 1 on the device)",
+               _calling(lambda: launcher("append_kv")),
+               requires=functools.partial(missing_module, "raggedkv.kernels.append")),
+    Provider("torch_ref", "raggedkv append_kv_ref (torch index writes)", _calling(lambda: reference("append_kv"))),
 ]
 
 
 def nbytes(config: dict[str, Any], provider: str) -> int:
-    shape = H.MODEL_SHAPES[config["model"]]
+    shape = attention_shape(config["model"])
     segments = config["batch"] * shape.num_kv_heads
     row = shape.head_dim * DTYPE.itemsize
     if provider == "reconcat":
@@ -132,7 +135,7 @@ def nbytes(config: dict[str, Any], provider: str) -> int:
     return 2 * 2 * segments * row + 3 * segments * 4
 
 
-BENCH = H.KernelBench(
+BENCH = KernelBench(
     name="append",
     title="append_kv (one layer, one decode token) vs re-concatenating the cache",
     configs=configs,
@@ -148,7 +151,7 @@ BENCH = H.KernelBench(
 
 
 def main(argv: list[str] | None = None) -> int:
-    return H.main(BENCH, argv)
+    return kernel_run.main(BENCH, argv)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from bench import _harness as H
+from bench.harness import kernel_run
+from bench.harness.budgets import head_budgets
+from bench.harness.environment import launcher, missing_module, reference
+from bench.harness.shapes import KERNEL_SHAPES, attention_shape
+from bench.harness.spec import Bound, KernelBench, Provider
 
 DTYPE = torch.bfloat16
 HEADROOM = 512  # decode rows reserved per segment (max_new_tokens), as the engine allocates
@@ -29,8 +33,7 @@ WINDOW = 8  # every head keeps at least its observation window
 
 @functools.cache
 def _lens(model: str, batch: int, prompt: int, kv_size: int, budgets: str) -> tuple[int, ...]:
-    shape = H.MODEL_SHAPES[model]
-    return tuple(H.head_budgets(batch, shape.num_kv_heads, kv_size, budgets, lo=min(WINDOW, kv_size), hi=prompt))
+    return tuple(head_budgets(model, batch, prompt, kv_size, budgets, window=WINDOW))
 
 
 def segment_lens(config: dict[str, Any]) -> tuple[int, ...]:
@@ -52,7 +55,7 @@ def configs(mode: str) -> list[dict[str, Any]]:
     if mode == "quick":
         grid = [("llama3-8b", b, n, kv) for b in (1, 16) for n in (32768, 131072) for kv in (128, 2048)]
     else:
-        grid = [(m, b, n, kv) for m in H.MODEL_SHAPES for b in (1, 4, 16)
+        grid = [(m, b, n, kv) for m in KERNEL_SHAPES for b in (1, 4, 16)
                 for n in (4096, 8192, 16384, 32768, 65536, 131072) for kv in (64, 128, 512, 2048)]
     return [_config(m, b, n, kv, dist) for m, b, n, kv in grid for dist in ("uniform", "skew")]
 
@@ -64,7 +67,7 @@ class DecodeCase:
         from raggedkv.kernels import plan_segments
 
         self.config, self.device = config, device
-        self.shape = H.MODEL_SHAPES[config["model"]]
+        self.shape = attention_shape(config["model"])
         self.batch, self.prompt = config["batch"], config["prompt"]
         lens = torch.tensor(segment_lens(config), dtype=torch.int32)
         headroom = HEADROOM if device.type == "cuda" else 4
@@ -96,12 +99,12 @@ class DecodeCase:
 
 
 def ragged_ref(case: DecodeCase) -> torch.Tensor:
-    return H.reference("ragged_decode_attention")(case.q, case.k_cache, case.v_cache, case.kv_indptr, case.kv_lens)
+    return reference("ragged_decode_attention")(case.q, case.k_cache, case.v_cache, case.kv_indptr, case.kv_lens)
 
 
 def dense_ref(case: DecodeCase) -> torch.Tensor:
     """The same reference on the full cache, one sequence at a time (its fp32 gather of one sequence fits)."""
-    ref = H.reference("ragged_decode_attention")
+    ref = reference("ragged_decode_attention")
     k, v = case.dense
     heads, n, dim = case.shape.num_kv_heads, case.prompt, case.shape.head_dim
     indptr = torch.arange(heads + 1, dtype=torch.int32, device=case.device) * n
@@ -113,48 +116,48 @@ def dense_ref(case: DecodeCase) -> torch.Tensor:
 # ---- providers
 
 
-def _triton(case: DecodeCase) -> H.Bound:
+def _triton(case: DecodeCase) -> Bound:
     from raggedkv.kernels.decode import plan_decode
 
-    decode = H.launcher("ragged_decode_attention")
+    decode = launcher("ragged_decode_attention")
     chunk_size, max_chunks = plan_decode(case.capacities)  # once per generation, as the engine does
     out = torch.empty_like(case.q)
-    return H.Bound(lambda: decode(case.q, case.k_cache, case.v_cache, case.kv_indptr, case.kv_lens,
+    return Bound(lambda: decode(case.q, case.k_cache, case.v_cache, case.kv_indptr, case.kv_lens,
                                   chunk_size=chunk_size, max_chunks=max_chunks, out=out))
 
 
-def _triton_op(case: DecodeCase) -> H.Bound:
+def _triton_op(case: DecodeCase) -> Bound:
     import raggedkv.kernels.ops  # noqa: F401 - registers torch.ops.raggedkv.*
     from raggedkv.kernels.decode import plan_decode
 
     chunk_size, max_chunks = plan_decode(case.capacities)
     op = torch.ops.raggedkv.ragged_decode_attention
-    return H.Bound(lambda: op(case.q, case.k_cache, case.v_cache, case.kv_indptr, case.kv_lens, None,
+    return Bound(lambda: op(case.q, case.k_cache, case.v_cache, case.kv_indptr, case.kv_lens, None,
                               max_chunks, chunk_size))
 
 
-def _torch_ref(case: DecodeCase) -> H.Bound:
-    return H.Bound(lambda: ragged_ref(case))
+def _torch_ref(case: DecodeCase) -> Bound:
+    return Bound(lambda: ragged_ref(case))
 
 
-def _sdpa_full(case: DecodeCase) -> H.Bound:
+def _sdpa_full(case: DecodeCase) -> Bound:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     k, v = case.dense
     q = case.q[:, :, None, :]
-    return H.Bound(lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=True)[:, :, 0],
+    return Bound(lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=True)[:, :, 0],
                    context=lambda: sdpa_kernel(SDPBackend.FLASH_ATTENTION))
 
 
-def _fa_full(case: DecodeCase) -> H.Bound:
+def _fa_full(case: DecodeCase) -> Bound:
     from flash_attn import flash_attn_with_kvcache
 
     k, v = case.dense
     q = case.q[:, None]  # [batch, 1, heads, dim]
-    return H.Bound(lambda: flash_attn_with_kvcache(q, k.transpose(1, 2), v.transpose(1, 2))[:, 0])
+    return Bound(lambda: flash_attn_with_kvcache(q, k.transpose(1, 2), v.transpose(1, 2))[:, 0])
 
 
-def _fa_varlen(case: DecodeCase) -> H.Bound:
+def _fa_varlen(case: DecodeCase) -> Bound:
     """AdaKV's flattening: every (sequence, KV head) is one sequence of 1 query with `group` heads, 1 KV head."""
     from flash_attn import flash_attn_varlen_func
 
@@ -162,7 +165,7 @@ def _fa_varlen(case: DecodeCase) -> H.Bound:
     segments, group, dim = case.kv_lens.numel(), case.shape.group_size, case.shape.head_dim
     q = case.q.reshape(segments, group, dim)
     cu_q = torch.arange(segments + 1, dtype=torch.int32, device=case.device)
-    return H.Bound(lambda: flash_attn_varlen_func(q, k, v, cu_q, cu_k, 1, max_k).reshape(case.q.shape))
+    return Bound(lambda: flash_attn_varlen_func(q, k, v, cu_q, cu_k, 1, max_k).reshape(case.q.shape))
 
 
 def _ragged_key(config: dict[str, Any]) -> tuple:
@@ -174,30 +177,30 @@ def _full_key(config: dict[str, Any]) -> tuple:
 
 
 def _no_flash_attn() -> str | None:
-    return H.missing_module("flash_attn")
+    return missing_module("flash_attn")
 
 
-_NEEDS_DECODE = functools.partial(H.missing_module, "raggedkv.kernels.decode")
-_NEEDS_OPS = functools.partial(H.missing_module, "raggedkv.kernels.ops")
+_NEEDS_DECODE = functools.partial(missing_module, "raggedkv.kernels.decode")
+_NEEDS_OPS = functools.partial(missing_module, "raggedkv.kernels.ops")
 
 PROVIDERS = [
-    H.Provider("fa_full", "flash_attn.flash_attn_with_kvcache on the full cache", _fa_full, ref="dense",
+    Provider("fa_full", "flash_attn.flash_attn_with_kvcache on the full cache", _fa_full, ref="dense",
                requires=_no_flash_attn, key=_full_key),
-    H.Provider("sdpa_full", "torch SDPA, FLASH_ATTENTION backend, enable_gqa=True, on the full cache", _sdpa_full,
+    Provider("sdpa_full", "torch SDPA, FLASH_ATTENTION backend, enable_gqa=True, on the full cache", _sdpa_full,
                ref="dense", key=_full_key),
-    H.Provider("triton", "raggedkv ragged_decode_attention (plan_decode once, out= preallocated)", _triton,
+    Provider("triton", "raggedkv ragged_decode_attention (plan_decode once, out= preallocated)", _triton,
                requires=_NEEDS_DECODE, key=_ragged_key),
-    H.Provider("triton_op", "torch.ops.raggedkv.ragged_decode_attention (same kernel via the dispatcher)",
+    Provider("triton_op", "torch.ops.raggedkv.ragged_decode_attention (same kernel via the dispatcher)",
                _triton_op, requires=_NEEDS_OPS, key=_ragged_key),
-    H.Provider("fa_varlen", "flash_attn_varlen_func over (sequence, KV head) flattened (AdaKV/HeadKV)", _fa_varlen,
+    Provider("fa_varlen", "flash_attn_varlen_func over (sequence, KV head) flattened (AdaKV/HeadKV)", _fa_varlen,
                requires=_no_flash_attn, key=_ragged_key),
-    H.Provider("torch_ref", "raggedkv ragged_decode_attention_ref (pure torch, fp32)", _torch_ref,
+    Provider("torch_ref", "raggedkv ragged_decode_attention_ref (pure torch, fp32)", _torch_ref,
                key=_ragged_key),
 ]
 
 
 def nbytes(config: dict[str, Any], provider: str) -> int:
-    shape = H.MODEL_SHAPES[config["model"]]
+    shape = attention_shape(config["model"])
     item = DTYPE.itemsize
     q_and_out = 2 * config["batch"] * shape.num_qo_heads * shape.head_dim * item
     if provider.endswith("_full"):
@@ -207,7 +210,7 @@ def nbytes(config: dict[str, Any], provider: str) -> int:
     return tokens * shape.head_dim * 2 * item + q_and_out
 
 
-BENCH = H.KernelBench(
+BENCH = KernelBench(
     name="decode",
     title="ragged_decode_attention (one layer, one decode step) vs FlashAttention on the full cache",
     configs=configs,
@@ -225,7 +228,7 @@ BENCH = H.KernelBench(
 
 
 def main(argv: list[str] | None = None) -> int:
-    return H.main(BENCH, argv)
+    return kernel_run.main(BENCH, argv)
 
 
 if __name__ == "__main__":

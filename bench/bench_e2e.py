@@ -12,10 +12,15 @@ Per (model, prompt, provider), after one warm-up generation per (model, provider
   ms/token       (time of the `new_tokens` generation - ttft) / (new_tokens - 1): the decode step;
   tok/s          its inverse; speedup = tok/s / tok/s of hf_full at the same prompt;
   peak_GiB       torch.cuda.max_memory_allocated during the `new_tokens` generation (weights included);
-  kv_MiB         KV-cache bytes the provider holds after prefill (engine stats; hf_full: the full cache).
+  kv_MiB         KV-cache bytes the provider holds after prefill (engine stats; hf_full: the full cache);
+  scores         the score files HeadKV / CompressKV read (`harness.scores`): `packaged` (the engine ships them for
+                 the shape's released checkpoint), `synthetic` (random, of the shape's size) or `-` (none read);
+                 the JSON's `score_files` says which file or draw each constructor parameter got.
 A config that runs out of memory is recorded as `oom`; `--time-budget-s` skips what would start after it.
 `--dry-run`: a tiny random Llama and Mistral on the CPU (torch backend), checking that every method generates all
-tokens and that method `full` gives the same greedy tokens as transformers.
+tokens and that method `full` gives the same greedy tokens as transformers; then, without weights, every method's
+budgets planned at the Llama-3-8B, Mistral-7B and SmolLM2-135M shapes with the scores the bench gives it there
+(rows with `new_tokens` 0), so a method that cannot be built at a real shape shows as an `error` row.
 """
 
 from __future__ import annotations
@@ -31,28 +36,23 @@ from typing import Any
 
 import torch
 
-from bench import _harness as H
+from bench.harness.cli import Report, no_gpu_message, parse_args
+from bench.harness.environment import environment, has_cuda, header_line, one_cpu_thread
+from bench.harness.results import build_doc, write_json
+from bench.harness.scores import MethodScores, method_scores
+from bench.harness.shapes import MODELS, attention_shape, hf_config
+from bench.harness.table import MIB, Table, config_columns, config_widths
+from raggedkv.engine.compress import plan_budgets
+from raggedkv.engine.methods import get_method
+from raggedkv.engine.methods.base import ModelShape
+from raggedkv.engine.models import model_shape
 
 BASELINE = "hf_full"
-
-# Architecture of each model shape; vocabularies as released (Llama-3: 128256, Mistral-7B-v0.3: 32768).
-MODELS: dict[str, tuple[str, dict[str, Any]]] = {
-    "llama3-8b": ("llama", dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                                num_attention_heads=32, num_key_value_heads=8, rms_norm_eps=1e-5,
-                                max_position_embeddings=131072 + 1024,
-                                rope_parameters={"rope_type": "default", "rope_theta": 500000.0})),
-    "mistral-7b": ("mistral", dict(vocab_size=32768, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                                   num_attention_heads=32, num_key_value_heads=8, rms_norm_eps=1e-5,
-                                   max_position_embeddings=131072 + 1024, sliding_window=None,
-                                   rope_parameters={"rope_type": "default", "rope_theta": 1000000.0})),
-    "tiny-llama": ("llama", dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096)),
-    "tiny-mistral": ("mistral", dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                                     sliding_window=None)),
-}
-# Real checkpoints with the same shapes, named so that HeadKV/CompressKV can find packaged head scores.
-MODEL_NAMES = {"llama3-8b": "meta-llama/Meta-Llama-3-8B-Instruct", "mistral-7b": "mistralai/Mistral-7B-Instruct-v0.2"}
+PLAN_KV_SIZE = 128
+# Dry run only, after the tiny generations: every method planned at the shapes the GPU grids run (scores as the
+# bench gives them there) and at SmolLM2-135M's, whose score files the engine ships. new_tokens 0: plan only.
+PLAN_CONFIGS = [{"model": m, "prompt": n, "kv_size": PLAN_KV_SIZE, "new_tokens": 0}
+                for m, n in (("llama3-8b", 32768), ("mistral-7b", 32768), ("smollm2-135m", 8192))]
 
 GRIDS = {  # mode -> models, prompts, providers, kv sizes, new tokens
     "dry": (["tiny-llama", "tiny-mistral"], [96], [BASELINE, "full", "streamingllm", "snapkv", "pyramidkv",
@@ -82,15 +82,13 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_model(name: str, device: torch.device, dtype: torch.dtype):
-    """A randomly initialised HF causal LM of the named shape, on `device`, that never stops at EOS."""
-    from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig
+    """A randomly initialised HF causal LM of the named shape (`shapes.MODELS`), on `device`, that never stops at
+    EOS."""
+    from transformers import AutoModelForCausalLM
 
-    family, kwargs = MODELS[name]
-    config = (LlamaConfig if family == "llama" else MistralConfig)(**kwargs, bos_token_id=1, eos_token_id=None,
-                                                                   pad_token_id=0)
     torch.manual_seed(0)
     with torch.device(device):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
+        model = AutoModelForCausalLM.from_config(hf_config(name), dtype=dtype, attn_implementation="sdpa")
     model.eval()
     model.generation_config.pad_token_id = 0
     return model
@@ -99,15 +97,18 @@ def build_model(name: str, device: torch.device, dtype: torch.dtype):
 Runner = Callable[[torch.Tensor, int], tuple[torch.Tensor, dict[str, Any]]]  # (prompt ids [1, n], new) -> tokens
 
 
+def full_cache_bytes(shape: ModelShape, tokens: int, dtype: torch.dtype) -> int:
+    """Bytes of K and V for `tokens` tokens in every KV head of every layer."""
+    return 2 * shape.num_layers * shape.num_kv_heads * tokens * shape.head_dim * dtype.itemsize
+
+
 def hf_runner(model) -> Runner:
     """transformers' own generate: full cache (DynamicCache), SDPA attention, greedy."""
     def generate(ids: torch.Tensor, new_tokens: int) -> tuple[torch.Tensor, dict[str, Any]]:
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
                              min_new_tokens=new_tokens, do_sample=False)
-        cfg = model.config
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        kv_bytes = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * ids.shape[1] * head_dim * model.dtype.itemsize
-        return out[0, ids.shape[1]:], {"kv_bytes": kv_bytes}
+        return out[0, ids.shape[1]:], {"kv_bytes": full_cache_bytes(model_shape(model.config), ids.shape[1],
+                                                                    model.dtype)}
     return generate
 
 
@@ -116,47 +117,15 @@ def _scalars(stats: Any) -> dict[str, Any]:
     return {k: v for k, v in asdict(stats).items() if isinstance(v, (int, float, str, bool)) or v is None}
 
 
-def method_scores(model, model_key: str, method: str) -> tuple[dict[str, Any], str | None]:
-    """Score-file parameters for the methods that need offline scores (HeadKV, CompressKV), and what they are.
-
-    A packaged file for the real checkpoint of this shape is used when the engine ships one (the model is then named
-    after that checkpoint); otherwise synthetic scores with a HeadKV-like skew (log-normal head importance, sigma
-    1.5, seed 0): speed and memory depend on how skewed the budgets are, not on which heads are important.
-    """
-    from raggedkv.engine.methods import method_parameters
-    from raggedkv.engine.methods.head_scores import packaged_score_file
-
-    accepted = method_parameters(method)
-    if "head_scores" not in accepted:
-        return {}, None
-    name = MODEL_NAMES.get(model_key)
-    kinds = {"headkv-r": "retrieval-heads", "headkv-r2": "retrieval-reasoning-heads",
-             "compresskv": "semantic-retrieval-heads"}
-    packaged = packaged_score_file(name, kinds[method]) if name and method in kinds else None
-    if packaged is not None:
-        model.config._name_or_path = name
-        return {}, f"packaged {packaged.name}"
-    cfg = model.config
-    gen = torch.Generator().manual_seed(0)
-    importance = torch.exp(1.5 * torch.randn(cfg.num_hidden_layers, cfg.num_attention_heads, generator=gen))
-    params: dict[str, Any] = {"head_scores": {f"{layer}-{head}": [float(importance[layer, head])]
-                                              for layer in range(cfg.num_hidden_layers)
-                                              for head in range(cfg.num_attention_heads)}}
-    if "layer_scores" in accepted:
-        params["layer_scores"] = {"avg_score": (0.5 + torch.rand(cfg.num_hidden_layers, generator=gen)).tolist()}
-    return params, "synthetic (log-normal sigma 1.5, seed 0)"
-
-
-def engine_runner(model, model_key: str, method: str, kv_size: int, backend: str) -> Runner:
-    """The raggedkv Engine with `method` on the same (already loaded) model, fed token ids."""
+def engine_runner(model, method: str, scores: MethodScores, kv_size: int, backend: str) -> Runner:
+    """The raggedkv Engine with `method` (built with `scores`) on the same (already loaded) model, fed token ids."""
     from raggedkv.engine import Engine
 
-    params, scores = method_scores(model, model_key, method)
-    engine = Engine.from_model(model, None, method, backend=backend, **params)
+    engine = Engine.from_model(model, None, method, backend=backend, **scores.params)
 
     def generate(ids: torch.Tensor, new_tokens: int) -> tuple[torch.Tensor, dict[str, Any]]:
         result = engine.generate_ids([ids[0]], kv_size=kv_size, max_new_tokens=new_tokens)[0]
-        stats = _scalars(result.stats) | {"kv_bytes": result.stats.kv_bytes_kept, "head_scores": scores}
+        stats = _scalars(result.stats) | {"kv_bytes": result.stats.kv_bytes_kept}
         return torch.tensor(result.token_ids), stats
     return generate
 
@@ -206,23 +175,24 @@ COLUMNS = [
     ("tok/s", lambda r: r.get("decode_tok_s"), "{:.1f}"),
     ("speedup", lambda r: r.get("speedup"), "{:.2f}"),
     ("peak_GiB", lambda r: None if r.get("peak_bytes") is None else r["peak_bytes"] / 2**30, "{:.2f}"),
-    ("kv_MiB", lambda r: None if r.get("kv_bytes") is None else r["kv_bytes"] / H.MIB, "{:.1f}"),
+    ("kv_MiB", lambda r: None if r.get("kv_bytes") is None else r["kv_bytes"] / MIB, "{:.1f}"),
+    ("scores", lambda r: r.get("scores"), "{}"),
     ("check", lambda r: r.get("check"), "{}"),
 ]
 
 
-def run(argv: list[str] | None = None) -> H.Report:
-    args = H.parse_args("e2e", "engine.generate vs full-cache transformers generate", argv, provider_ids(),
+def run(argv: list[str] | None = None) -> Report:
+    args = parse_args("e2e", "engine.generate vs full-cache transformers generate", argv, provider_ids(),
                         _add_arguments, kernel=False)
-    if not args.dry_run and not H.has_cuda():
-        print(H.no_gpu_message("e2e", args.out), file=sys.stderr)
-        return H.Report(2)
-    with H.one_cpu_thread(args.dry_run and not H.has_cuda()):
+    if not args.dry_run and not has_cuda():
+        print(no_gpu_message("e2e", args.out), file=sys.stderr)
+        return Report(2)
+    with one_cpu_thread(args.dry_run and not has_cuda()):
         return _run(args)
 
 
-def _run(args: argparse.Namespace) -> H.Report:
-    device = torch.device("cuda" if H.has_cuda() else "cpu")
+def _run(args: argparse.Namespace) -> Report:
+    device = torch.device("cuda" if has_cuda() else "cpu")
     models, prompts, providers, kv_sizes, new_tokens = GRIDS[args.mode]
     models, prompts = args.models or models, args.prompts or prompts
     providers = args.providers or providers
@@ -231,19 +201,20 @@ def _run(args: argparse.Namespace) -> H.Report:
     dtype = torch.bfloat16 if device.type == "cuda" and not args.dry_run else torch.float32  # dry run: exact tokens
     backend = args.backend if device.type == "cuda" else "torch"
 
-    env = H.environment(args.command)
+    env = environment(args.command)
     timing = {"method": "wall clock, torch.cuda.synchronize around each generate, one run per config after one "
                         "warm-up generation per (model, provider)", "ttft": "generate(max_new_tokens=1)",
               "decode": "(generate(new_tokens) - ttft) / (new_tokens - 1)", "dtype": str(dtype).removeprefix("torch."),
               "backend": backend, "batch": 1}
-    print(H.header_line("e2e", env, f"timing: wall clock, synchronised, 1 run per config | {timing['dtype']} | "
+    print(header_line("e2e", env, f"timing: wall clock, synchronised, 1 run per config | {timing['dtype']} | "
                                     f"engine backend {backend} | batch 1"))
     print(f"# engine.generate per method vs {BASELINE} = transformers generate (SDPA, full DynamicCache); "
           "random weights, EOS disabled")
     configs = [{"model": m, "prompt": n, "kv_size": kv, "new_tokens": new_tokens}
                for m in models for n in prompts for kv in kv_sizes]
-    columns = H.config_columns(configs) + [("provider", lambda r: r["provider"], "{}")] + COLUMNS
-    table = H.Table(columns, H.config_widths(configs) | {"provider": max(len(p) for p in providers)})
+    plans = PLAN_CONFIGS if args.dry_run else []
+    columns = config_columns(configs + plans) + [("provider", lambda r: r["provider"], "{}")] + COLUMNS
+    table = Table(columns, config_widths(configs + plans) | {"provider": max(len(p) for p in providers)})
     table.print_header()
 
     started, rows, problems = time.monotonic(), [], []
@@ -276,19 +247,27 @@ def _run(args: argparse.Namespace) -> H.Report:
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    for config in plans:
+        for provider in providers:
+            row = {"config": dict(config), "provider": provider, **plan_only(config, provider)}
+            if row["check"] != "ok":
+                problems.append(f"{provider} on {config}: {row.get('error')}")
+            table.print_row(row)
+            rows.append(row)
 
-    doc = H.build_doc("e2e", env, timing, rows, mode=args.mode, baseline=BASELINE,
+    doc = build_doc("e2e", env, timing, rows, mode=args.mode, baseline=BASELINE,
                       models={m: MODELS[m][1] | {"family": MODELS[m][0]} for m in models})
     for problem in problems:
         print(f"! {problem}", file=sys.stderr)
     if args.dry_run:
         text = json.dumps(doc)
-        print(f"# dry run: {sum(r['check'] == 'ok' for r in rows)}/{len(rows)} runs ok; nothing written "
+        print(f"# dry run: {sum(r['check'] == 'ok' for r in rows)}/{len(rows)} rows ok (generations on tiny models, "
+              f"budget plans at real shapes); nothing written "
               f"({len(text)} bytes of JSON built in memory)")
-        return H.Report(1 if problems else 0, doc)
-    path = H.write_json(doc, args.out)
+        return Report(1 if problems else 0, doc)
+    path = write_json(doc, args.out)
     print(f"# wrote {path}")
-    return H.Report(1 if problems else 0, doc, path)
+    return Report(1 if problems else 0, doc, path)
 
 
 def _evaluate(model, model_key: str, provider: str, config: dict[str, Any], ids: torch.Tensor,
@@ -297,11 +276,12 @@ def _evaluate(model, model_key: str, provider: str, config: dict[str, Any], ids:
     """One (config, provider): build its runner once (with a warm-up on GPUs), then check or measure it."""
     new_tokens = config["new_tokens"]
     row: dict[str, Any] = {}
+    scores = None if provider == BASELINE else method_scores(model_key, provider)
     try:
         key = (provider, config["kv_size"])
         if key not in runners:
-            runners[key] = (hf_runner(model) if provider == BASELINE else
-                            engine_runner(model, model_key, provider, config["kv_size"], backend))
+            runners[key] = (hf_runner(model) if scores is None else
+                            engine_runner(model, provider, scores, config["kv_size"], backend))
             if not args.dry_run:  # warm-up: compiles kernels, initialises cuBLAS
                 runners[key](ids[:, : min(config["prompt"], 1024)], 4)
         row = check_only(runners[key], ids, new_tokens) if args.dry_run else measure(runners[key], ids, new_tokens,
@@ -317,6 +297,28 @@ def _evaluate(model, model_key: str, provider: str, config: dict[str, Any], ids:
         gc.collect()  # the exception's frames are gone: free what they held
     if device.type == "cuda":
         torch.cuda.empty_cache()
+    return row | {"scores": scores.label if scores else "-", "score_files": scores.describe() if scores else None}
+
+
+def plan_only(config: dict[str, Any], provider: str) -> dict[str, Any]:
+    """A dry-run row at a real shape: the method built with the score files the bench gives it there, one prompt's
+    budgets planned and checked (no weights, no generation); `kv_bytes` = bf16 K and V those budgets keep."""
+    shape = attention_shape(config["model"])
+    kv_bytes_per_token = full_cache_bytes(shape, 1, torch.bfloat16) // (shape.num_layers * shape.num_kv_heads)
+    if provider == BASELINE:
+        return {"check": "ok", "kv_bytes": full_cache_bytes(shape, config["prompt"], torch.bfloat16), "scores": "-",
+                "score_files": None}
+    try:
+        scores = method_scores(config["model"], provider)
+        budgets = plan_budgets(get_method(provider, **scores.params), shape, config["prompt"], config["kv_size"])
+    except Exception as exc:  # noqa: BLE001 - the row says what failed; the other methods still run
+        return {"check": "error", "error": f"{type(exc).__name__}: {exc}"}
+    kept = int(budgets.sum())
+    wanted = (config["prompt"] if provider == "full" else config["kv_size"]) * shape.num_layers * shape.num_kv_heads
+    row = {"check": "ok" if kept == wanted else "fail", "kv_bytes": kept * kv_bytes_per_token,
+           "scores": scores.label, "score_files": scores.describe()}
+    if kept != wanted:
+        row["error"] = f"the budgets keep {kept} tokens, not {wanted}"
     return row
 
 

@@ -23,7 +23,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from bench import _harness as H
+from bench.harness import kernel_run
+from bench.harness.environment import launcher, missing_module, reference
+from bench.harness.shapes import attention_shape
+from bench.harness.spec import Bound, KernelBench, Provider
 
 DTYPE = torch.bfloat16
 VARIANT = {"window_reduce": "mean", "group_reduce": "mean", "pool": "max", "pool_size": 7}
@@ -43,7 +46,7 @@ def configs(mode: str) -> list[dict[str, Any]]:
 
 class ScoringCase:
     def __init__(self, config: dict[str, Any], device: torch.device):
-        self.shape = H.MODEL_SHAPES[config["model"]]
+        self.shape = attention_shape(config["model"])
         self.n, self.w, self.device = config["prompt"], config["window"], device
         d = self.shape.head_dim
         self.q_win = torch.randn(self.shape.num_qo_heads, self.w, d, dtype=DTYPE, device=device)
@@ -73,37 +76,37 @@ def naive_window_scores(q_win: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 
 
 def scores_ref(case: ScoringCase) -> torch.Tensor:
-    return H.reference("window_scores")(case.q_win, case.k, **VARIANT)
+    return reference("window_scores")(case.q_win, case.k, **VARIANT)
 
 
-def _triton(case: ScoringCase) -> H.Bound:
-    window_scores = H.launcher("window_scores")
-    return H.Bound(lambda: window_scores(case.q_win, case.k, **VARIANT))
+def _triton(case: ScoringCase) -> Bound:
+    window_scores = launcher("window_scores")
+    return Bound(lambda: window_scores(case.q_win, case.k, **VARIANT))
 
 
-def _prefill_attn(case: ScoringCase) -> H.Bound:
+def _prefill_attn(case: ScoringCase) -> Bound:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     q, v = case.prefill_qv
     k = case.k[None]
-    return H.Bound(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True),
+    return Bound(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True),
                    context=lambda: sdpa_kernel(SDPBackend.FLASH_ATTENTION))
 
 
 PROVIDERS = [
-    H.Provider("naive", "published SnapKV/HeadKV way: repeat_kv + materialised [heads, w, n] attention in bf16",
-               lambda c: H.Bound(lambda: naive_window_scores(c.q_win, c.k)), rtol=5e-2),
-    H.Provider("triton", "raggedkv window_scores (two passes, nothing [heads, w, n] allocated)", _triton,
-               requires=functools.partial(H.missing_module, "raggedkv.kernels.window_scores")),
-    H.Provider("torch_ref", "raggedkv window_scores_ref (materialised, fp32)",
-               lambda c: H.Bound(lambda: scores_ref(c))),
-    H.Provider("prefill_attn", "yardstick, not a scorer: the layer's causal prefill attention (SDPA flash)",
+    Provider("naive", "published SnapKV/HeadKV way: repeat_kv + materialised [heads, w, n] attention in bf16",
+               lambda c: Bound(lambda: naive_window_scores(c.q_win, c.k)), rtol=5e-2),
+    Provider("triton", "raggedkv window_scores (two passes, nothing [heads, w, n] allocated)", _triton,
+               requires=functools.partial(missing_module, "raggedkv.kernels.window_scores")),
+    Provider("torch_ref", "raggedkv window_scores_ref (materialised, fp32)",
+               lambda c: Bound(lambda: scores_ref(c))),
+    Provider("prefill_attn", "yardstick, not a scorer: the layer's causal prefill attention (SDPA flash)",
                _prefill_attn, ref=None),
 ]
 
 
 def nbytes(config: dict[str, Any], provider: str) -> int:
-    s, n, w = H.MODEL_SHAPES[config["model"]], config["prompt"], config["window"]
+    s, n, w = attention_shape(config["model"]), config["prompt"], config["window"]
     item = DTYPE.itemsize
     if provider == "prefill_attn":  # q, k, v read, out written
         return (2 * s.num_qo_heads + 2 * s.num_kv_heads) * n * s.head_dim * item
@@ -112,7 +115,7 @@ def nbytes(config: dict[str, Any], provider: str) -> int:
 
 def flops(config: dict[str, Any], provider: str) -> float:
     """Nominal: one `Q_w K^T` for the scorers; causal `QK^T` + `PV` for the prefill attention."""
-    s, n, w = H.MODEL_SHAPES[config["model"]], config["prompt"], config["window"]
+    s, n, w = attention_shape(config["model"]), config["prompt"], config["window"]
     if provider == "prefill_attn":
         return 2.0 * s.num_qo_heads * n * n * s.head_dim  # 4 * h * n^2 * d / 2 (causal)
     return 2.0 * s.num_qo_heads * w * n * s.head_dim
@@ -124,7 +127,7 @@ def derive(rows: list[dict[str, Any]]) -> None:
         r["pct_prefill"] = 100 * r["ms_p50"] / prefill if prefill and r["ms_p50"] else None
 
 
-BENCH = H.KernelBench(
+BENCH = KernelBench(
     name="scoring",
     title="window_scores (one layer, one sequence) vs materialised window attention",
     configs=configs,
@@ -143,7 +146,7 @@ BENCH = H.KernelBench(
 
 
 def main(argv: list[str] | None = None) -> int:
-    return H.main(BENCH, argv)
+    return kernel_run.main(BENCH, argv)
 
 
 if __name__ == "__main__":

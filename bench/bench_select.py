@@ -17,7 +17,11 @@ from typing import Any
 
 import torch
 
-from bench import _harness as H
+from bench.harness import kernel_run
+from bench.harness.budgets import head_budgets
+from bench.harness.environment import launcher, missing_module, reference
+from bench.harness.shapes import KERNEL_SHAPES, attention_shape
+from bench.harness.spec import Bound, KernelBench, Provider
 
 DTYPE = torch.bfloat16
 WINDOW = 32
@@ -26,8 +30,7 @@ HEADROOM = 512
 
 @functools.cache
 def _budgets(model: str, batch: int, prompt: int, kv_size: int, budgets: str, window: int) -> tuple[int, ...]:
-    heads = H.MODEL_SHAPES[model].num_kv_heads
-    return tuple(H.head_budgets(batch, heads, kv_size - window, budgets, lo=0, hi=prompt - window))
+    return tuple(b - window for b in head_budgets(model, batch, prompt, kv_size, budgets, window=window))
 
 
 def prefix_budgets(config: dict[str, Any]) -> tuple[int, ...]:
@@ -49,7 +52,7 @@ def configs(mode: str) -> list[dict[str, Any]]:
     if mode == "quick":
         grid = [("llama3-8b", 1, n, kv) for n in (32768, 131072) for kv in (128, 2048)]
     else:
-        grid = [(m, 1, n, kv) for m in H.MODEL_SHAPES for n in (4096, 16384, 32768, 131072) for kv in (128, 512, 2048)]
+        grid = [(m, 1, n, kv) for m in KERNEL_SHAPES for n in (4096, 16384, 32768, 131072) for kv in (128, 512, 2048)]
         grid += [("llama3-8b", 8, 32768, kv) for kv in (128, 2048)]
     return [_config(m, b, n, kv, dist) for m, b, n, kv in grid for dist in ("uniform", "skew")]
 
@@ -58,7 +61,7 @@ class SelectCase:
     def __init__(self, config: dict[str, Any], device: torch.device):
         from raggedkv.kernels import plan_segments
 
-        shape = H.MODEL_SHAPES[config["model"]]
+        shape = attention_shape(config["model"])
         n, w = config["prompt"], config["window"]
         self.budget_list = list(prefix_budgets(config))
         segments = len(self.budget_list)
@@ -104,37 +107,37 @@ def naive_select(case: SelectCase) -> None:
 
 def _calling(get_fn):
     """A provider setup that calls `get_fn()(*case.args())`, checked through `case.result` after `case.reset`."""
-    def setup(case: SelectCase) -> H.Bound:
+    def setup(case: SelectCase) -> Bound:
         fn = get_fn()
-        return H.Bound(lambda: fn(*case.args()), result=case.result, reset=case.reset)
+        return Bound(lambda: fn(*case.args()), result=case.result, reset=case.reset)
     return setup
 
 
 def select_ref(case: SelectCase) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     case.reset()
-    H.reference("select_and_pack")(*case.args())
+    reference("select_and_pack")(*case.args())
     return case.result()
 
 
 PROVIDERS = [
-    H.Provider("naive", "torch.topk + sort + gather per head in a Python loop (published code)",
-               lambda c: H.Bound(lambda: naive_select(c), result=c.result, reset=c.reset)),
-    H.Provider("triton", "raggedkv select_and_pack (batched sort + one gather kernel)",
-               _calling(lambda: H.launcher("select_and_pack")),
-               requires=functools.partial(H.missing_module, "raggedkv.kernels.select_pack")),
-    H.Provider("torch_ref", "raggedkv select_and_pack_ref (vectorised torch)",
-               _calling(lambda: H.reference("select_and_pack"))),
+    Provider("naive", "torch.topk + sort + gather per head in a Python loop (published code)",
+               lambda c: Bound(lambda: naive_select(c), result=c.result, reset=c.reset)),
+    Provider("triton", "raggedkv select_and_pack (batched sort + one gather kernel)",
+               _calling(lambda: launcher("select_and_pack")),
+               requires=functools.partial(missing_module, "raggedkv.kernels.select_pack")),
+    Provider("torch_ref", "raggedkv select_and_pack_ref (vectorised torch)",
+               _calling(lambda: reference("select_and_pack"))),
 ]
 
 
 def nbytes(config: dict[str, Any], provider: str) -> int:
-    shape = H.MODEL_SHAPES[config["model"]]
+    shape = attention_shape(config["model"])
     kept = prefix_budgets(config)
     rows = sum(kept) + config["window"] * len(kept)
     return 4 * rows * shape.head_dim * DTYPE.itemsize + len(kept) * (config["prompt"] - config["window"]) * 4
 
 
-BENCH = H.KernelBench(
+BENCH = KernelBench(
     name="select",
     title="select_and_pack (one layer after prefill) vs topk + gather per head",
     configs=configs,
@@ -151,7 +154,7 @@ BENCH = H.KernelBench(
 
 
 def main(argv: list[str] | None = None) -> int:
-    return H.main(BENCH, argv)
+    return kernel_run.main(BENCH, argv)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from bench._harness import SCHEMA  # noqa: E402
+from bench.harness.results import SCHEMA  # noqa: E402
 
 Row = dict[str, Any]
 

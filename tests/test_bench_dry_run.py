@@ -9,14 +9,15 @@ import time
 import pytest
 import torch
 
-from bench import _harness as H
+from bench.harness import kernel_run
+from bench.harness.results import RESULTS_DIR
 
 KERNEL_BENCHES = ("bench.bench_decode", "bench.bench_scoring", "bench.bench_select", "bench.bench_append")
 ALL_BENCHES = (*KERNEL_BENCHES, "bench.bench_e2e")
 
 
 def _results() -> set[str]:
-    return {str(p.relative_to(H.RESULTS_DIR)) for p in H.RESULTS_DIR.rglob("*")} if H.RESULTS_DIR.exists() else set()
+    return {str(p.relative_to(RESULTS_DIR)) for p in RESULTS_DIR.rglob("*")} if RESULTS_DIR.exists() else set()
 
 
 def test_every_dry_run_checks_every_provider_and_writes_nothing() -> None:
@@ -24,7 +25,7 @@ def test_every_dry_run_checks_every_provider_and_writes_nothing() -> None:
     cpu_start, wall_start = time.process_time(), time.monotonic()
     for name in KERNEL_BENCHES:
         bench = importlib.import_module(name).BENCH
-        report = H.run(bench, ["--dry-run"])
+        report = kernel_run.run(bench, ["--dry-run"])
         assert report.exit_code == 0, f"{name} --dry-run failed (see the captured output)"
         available = {p.name for p in bench.providers if p.requires() is None}
         assert "triton" in available, f"{name}: the Triton launcher is not importable"
@@ -36,8 +37,15 @@ def test_every_dry_run_checks_every_provider_and_writes_nothing() -> None:
     e2e = importlib.import_module("bench.bench_e2e")
     report = e2e.run(["--dry-run"])
     assert report.exit_code == 0, "bench_e2e --dry-run failed (see the captured output)"
-    ok = {r["provider"] for r in report.doc["rows"] if r["check"] == "ok"}
-    assert ok == set(e2e.GRIDS["dry"][2]), f"methods that failed: {sorted(set(e2e.GRIDS['dry'][2]) - ok)}"
+    rows = report.doc["rows"]
+    assert [r for r in rows if r["check"] != "ok"] == [], "bench_e2e --dry-run rows that are not ok"
+    providers = e2e.GRIDS["dry"][2]
+    for model in (*e2e.GRIDS["dry"][0], *(c["model"] for c in e2e.PLAN_CONFIGS)):
+        assert [r["provider"] for r in rows if r["config"]["model"] == model] == providers, model
+    planned = {(r["config"]["model"], r["provider"]): r["scores"] for r in rows if r["config"]["new_tokens"] == 0}
+    for model in ("llama3-8b", "mistral-7b"):
+        assert {planned[model, m] for m in ("headkv-r", "headkv-r2", "compresskv")} == {"synthetic"}, model
+    assert {planned["smollm2-135m", m] for m in ("headkv-r", "headkv-r2", "compresskv")} == {"packaged"}
     assert report.path is None
 
     cpu, wall = time.process_time() - cpu_start, time.monotonic() - wall_start

@@ -1,5 +1,6 @@
 """The benchmark harness's own logic: budgets, the reference comparison, the table, the JSON file, byte formulas,
-the CLI and the plots (drawn here from a document built in a temporary folder, never from bench/results/)."""
+the CLI, the e2e bench's score lookup and the plots (drawn here from a document built in a temporary folder, never
+from bench/results/)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,25 @@ import math
 import pytest
 import torch
 
-from bench import _harness as H
-from bench import bench_decode, plot
+from bench import bench_decode, bench_e2e, plot
+from bench.harness import kernel_run
+from bench.harness.budgets import head_budgets
+from bench.harness.cli import parse_args
+from bench.harness.environment import environment, gpu_slug, one_cpu_thread
+from bench.harness.results import SCHEMA, build_doc, write_json
+from bench.harness.shapes import CHECKPOINTS, attention_shape
+from bench.harness.spec import Bound, Provider
+from bench.harness.table import METRIC_COLUMNS, Table, config_columns, config_widths
+from bench.harness.timing import Measurement
 from raggedkv.closeness import assert_close, compare
+from raggedkv.engine.compress import plan_budgets
+from raggedkv.engine.methods import METHODS, get_method, method_parameters
+from raggedkv.engine.methods.head_scores import HEAD_SCORE_KINDS, kinds_read_by
 
 
 @pytest.mark.parametrize("dist", ["uniform", "skew"])
 def test_head_budgets_keep_the_total_and_the_bounds(dist: str) -> None:
-    budgets = H.head_budgets(3, 8, 128, dist, lo=8, hi=400, seed=1)
+    budgets = head_budgets("llama3-8b", 3, 400, 128, dist, window=8, seed=1)
     assert len(budgets) == 24
     for seq in range(3):
         heads = budgets[seq * 8:(seq + 1) * 8]
@@ -24,13 +36,16 @@ def test_head_budgets_keep_the_total_and_the_bounds(dist: str) -> None:
         assert all(8 <= b <= 400 for b in heads)
     if dist == "skew":
         assert max(budgets) / (sum(budgets) / len(budgets)) > 1.5
-    assert budgets == H.head_budgets(3, 8, 128, dist, lo=8, hi=400, seed=1)
+        assert budgets[:8] != budgets[8:16]  # every sequence draws its own importance
+    assert budgets == head_budgets("llama3-8b", 3, 400, 128, dist, window=8, seed=1)
 
 
 def test_head_budgets_cap_at_the_prompt_and_redistribute() -> None:
-    budgets = H.head_budgets(1, 4, 100, "skew", lo=5, hi=120, seed=0, alpha=0.05)
-    assert sum(budgets) == 400 and max(budgets) <= 120 and min(budgets) >= 5
-    assert H.head_budgets(1, 4, 500, "uniform", lo=5, hi=120) == [120] * 4  # mean above the prompt: capped
+    budgets = head_budgets("smollm2-135m", 1, 120, 100, "skew", window=8, seed=0, alpha=0.05)
+    assert sum(budgets) == 300 and max(budgets) <= 120 and min(budgets) >= 8
+    assert head_budgets("llama3-8b", 1, 120, 500, "uniform", window=8) == [120] * 8  # kv_size above the prompt
+    with pytest.raises(ValueError, match="dist='zipf' is not supported"):
+        head_budgets("llama3-8b", 1, 120, 64, "zipf", window=8)
 
 
 def test_compare_is_relative_to_the_reference_and_strict_on_shape_and_nan() -> None:
@@ -56,15 +71,15 @@ def test_assert_close_names_the_worst_element_and_accepts_what_compare_accepts()
 
 
 def test_gpu_slug() -> None:
-    assert H.gpu_slug("NVIDIA H100 80GB HBM3") == "h100-80gb-hbm3"
-    assert H.gpu_slug("NVIDIA H200") == "h200"
+    assert gpu_slug("NVIDIA H100 80GB HBM3") == "h100-80gb-hbm3"
+    assert gpu_slug("NVIDIA H200") == "h200"
 
 
 def test_table_rows_are_fixed_width_and_right_aligned() -> None:
     configs = [{"model": "llama3-8b", "batch": 1}, {"model": "smollm2-135m", "batch": 16}]
-    columns = H.config_columns(configs) + [("provider", lambda r: r["provider"], "{}")]
-    columns += [(m, *H.METRIC_COLUMNS[m]) for m in ("p50_us", "speedup", "max_err")]
-    table = H.Table(columns, H.config_widths(configs))
+    columns = config_columns(configs) + [("provider", lambda r: r["provider"], "{}")]
+    columns += [(m, *METRIC_COLUMNS[m]) for m in ("p50_us", "speedup", "max_err")]
+    table = Table(columns, config_widths(configs))
     rows = [{"config": configs[0], "provider": "triton", "ms_p50": 0.0123, "speedup": 2.5, "max_abs_err": 1e-3},
             {"config": configs[1], "provider": "torch_ref", "ms_p50": None, "speedup": None, "max_abs_err": None}]
     lines = [table.format_header()] + [table.format_row(r) for r in rows]
@@ -81,24 +96,24 @@ def test_decode_bytes_count_kept_tokens_or_the_whole_prompt() -> None:
 
 
 def test_cli_rejects_unknown_providers_and_splits_commas() -> None:
-    args = H.parse_args("decode", "t", ["--providers", "triton,torch_ref", "--full"], ["triton", "torch_ref"])
+    args = parse_args("decode", "t", ["--providers", "triton,torch_ref", "--full"], ["triton", "torch_ref"])
     assert args.providers == ["triton", "torch_ref"] and args.mode == "full"
     assert args.command == "python -m bench.bench_decode --providers triton,torch_ref --full"
     with pytest.raises(SystemExit):
-        H.parse_args("decode", "t", ["--providers", "nope"], ["triton"])
+        parse_args("decode", "t", ["--providers", "nope"], ["triton"])
 
 
 def test_json_file_name_and_plot_from_it(tmp_path) -> None:
     """A document with made-up timings, in tmp_path only: checks the file naming and that the plot reads it."""
-    env = H.environment("python -m bench.bench_decode --quick") | {"gpu_slug": "test-gpu",
+    env = environment("python -m bench.bench_decode --quick") | {"gpu_slug": "test-gpu",
                                                                     "timestamp": "2026-11-22T10:15:00Z"}
     config = bench_decode._config("llama3-8b", 1, 4096, 128, "uniform")
     rows = [{"config": config, "provider": p, "bytes": bench_decode.nbytes(config, p), "ms_p50": ms,
              "gbps": 1.0, "speedup": s} for p, ms, s in (("sdpa_full", 0.05, 1.0), ("triton", 0.01, 5.0))]
-    doc = H.build_doc("decode", env, {"method": "test fixture"}, rows, ceiling={"gbps": 2.0}, baseline="sdpa_full")
-    path = H.write_json(doc, tmp_path)
+    doc = build_doc("decode", env, {"method": "test fixture"}, rows, ceiling={"gbps": 2.0}, baseline="sdpa_full")
+    path = write_json(doc, tmp_path)
     assert path.name == "decode-test-gpu-20261122-101500.json"
-    assert json.loads(path.read_text())["schema"] == H.SCHEMA
+    assert json.loads(path.read_text())["schema"] == SCHEMA
     png = plot.plot_file(path)
     assert png == tmp_path / "decode-test-gpu-20261122-101500.png" and png.stat().st_size > 0
 
@@ -112,11 +127,11 @@ def test_a_failing_or_wrong_provider_is_reported_and_the_others_still_run(capsys
         raise RuntimeError("boom")
 
     def wrong(case):
-        return H.Bound(lambda: (case.k_new + 1, case.v_new, case.lens0 + 1))
+        return Bound(lambda: (case.k_new + 1, case.v_new, case.lens0 + 1))
 
-    bench = replace(bench_append.BENCH, providers=[*bench_append.PROVIDERS, H.Provider("broken", "raises", broken),
-                                                   H.Provider("wrong", "off by one", wrong)])
-    report = H.run(bench, ["--dry-run"])
+    bench = replace(bench_append.BENCH, providers=[*bench_append.PROVIDERS, Provider("broken", "raises", broken),
+                                                   Provider("wrong", "off by one", wrong)])
+    report = kernel_run.run(bench, ["--dry-run"])
     assert report.exit_code == 1
     checks = {(r["config"]["model"], r["provider"]): r["check"] for r in report.doc["rows"]}
     assert {c for (_, p), c in checks.items() if p in ("triton", "torch_ref", "reconcat")} == {"ok"}
@@ -132,10 +147,10 @@ def test_the_timed_path_shares_equal_measurements_and_writes_the_json(tmp_path, 
         def __init__(self, *args) -> None:
             self.calls = 0
 
-        def __call__(self, fn, reset=None) -> H.Measurement:
+        def __call__(self, fn, reset=None) -> Measurement:
             self.calls += 1
             fn()
-            return H.Measurement(0.5, 0.4, 0.6, 10, False)
+            return Measurement(0.5, 0.4, 0.6, 10, False)
 
         def describe(self) -> dict:
             return {"method": "stand-in"}
@@ -143,13 +158,13 @@ def test_the_timed_path_shares_equal_measurements_and_writes_the_json(tmp_path, 
         def summary(self) -> str:
             return "stand-in timer"
 
-    monkeypatch.setattr(H, "Timer", FixedTimer)
-    monkeypatch.setattr(H, "copy_bandwidth", lambda timer: {"gbps": 100.0})
-    monkeypatch.setattr(H, "peak_extra_bytes", lambda fn, reset=None: 0)
-    args = H.parse_args("decode", "t", ["--out", str(tmp_path), "--providers", "sdpa_full,torch_ref"],
+    monkeypatch.setattr(kernel_run, "Timer", FixedTimer)
+    monkeypatch.setattr(kernel_run, "copy_bandwidth", lambda timer: {"gbps": 100.0})
+    monkeypatch.setattr(kernel_run, "peak_extra_bytes", lambda fn, reset=None: 0)
+    args = parse_args("decode", "t", ["--out", str(tmp_path), "--providers", "sdpa_full,torch_ref"],
                         ["sdpa_full", "torch_ref"])
     args.mode = "dry"  # the tiny shapes
-    report = H._run(bench_decode.BENCH, args)
+    report = kernel_run.run_parsed(bench_decode.BENCH, args)
     assert report.exit_code == 0 and report.path.parent == tmp_path
     rows = json.loads(report.path.read_text())["rows"]
     full = [r for r in rows if r["provider"] == "sdpa_full"]
@@ -162,12 +177,10 @@ def test_the_timed_path_shares_equal_measurements_and_writes_the_json(tmp_path, 
 
 def test_e2e_timed_path_measures_and_writes_the_json(tmp_path) -> None:
     """bench_e2e's GPU path run on the CPU with a tiny model (CPU wall-clock numbers, written to tmp_path only)."""
-    from bench import bench_e2e
-
-    args = H.parse_args("e2e", "t", ["--out", str(tmp_path), "--providers", "hf_full,snapkv", "--models",
+    args = parse_args("e2e", "t", ["--out", str(tmp_path), "--providers", "hf_full,snapkv", "--models",
                                      "tiny-llama", "--prompts", "64", "--kv-size", "16", "--new-tokens", "4"],
                         bench_e2e.provider_ids(), bench_e2e._add_arguments, kernel=False)
-    with H.one_cpu_thread():
+    with one_cpu_thread():
         report = bench_e2e._run(args)
     assert report.exit_code == 0
     rows = json.loads(report.path.read_text())["rows"]
@@ -176,3 +189,34 @@ def test_e2e_timed_path_measures_and_writes_the_json(tmp_path) -> None:
         assert r["check"] == "ok" and r["generated"] == 4 and r["ttft_ms"] > 0 and r["kv_bytes"] > 0
     assert rows[1]["kv_bytes"] < rows[0]["kv_bytes"]  # 16 of 64 tokens kept
     assert rows[1]["stats"]["compressed"] is True
+
+
+def test_every_score_kind_is_declared_by_a_method_and_every_declaration_names_a_parameter() -> None:
+    readers = kinds_read_by(METHODS.values())
+    assert all(readers[kind] for kind in HEAD_SCORE_KINDS), readers  # score-heads computes nothing unused
+    for name, cls in METHODS.items():
+        assert set(cls.score_files) <= set(method_parameters(name)), name
+
+
+@pytest.mark.parametrize("model", ["llama3-8b", "mistral-7b"])
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_e2e_score_lookup_builds_every_method_at_the_8b_shapes(model: str, method: str) -> None:
+    """The e2e bench's lookup gives every method the score files it declares, and the method then plans a 32K
+    prompt at kv_size 128 within the contract (the bug this guards: lookups by kind names the engine lacks)."""
+    scores = bench_e2e.method_scores(model, method)
+    assert set(scores.params) == set(METHODS[method].score_files)
+    assert scores.label == ("synthetic" if METHODS[method].score_files else "-")  # no 8B scores are packaged
+    shape = attention_shape(model)
+    budgets = plan_budgets(get_method(method, **scores.params), shape, 32768, 128)
+    kept = 32768 if method == "full" else 128
+    assert int(budgets.sum()) == kept * shape.num_layers * shape.num_kv_heads
+
+
+def test_e2e_score_lookup_uses_packaged_files_where_the_engine_ships_them() -> None:
+    for method in ("headkv-r", "headkv-r2", "compresskv"):
+        scores = bench_e2e.method_scores("smollm2-135m", method)
+        assert scores.label == "packaged"
+        get_method(method, **scores.params)  # the packaged files fit the method
+        for param, kind in METHODS[method].score_files.items():
+            assert scores.params[param].name == f"smollm2-135m-instruct-{kind}.json"
+    assert "smollm2-135m" in CHECKPOINTS
