@@ -43,7 +43,7 @@ from bench.harness.scores import MethodScores, method_scores
 from bench.harness.shapes import MODELS, attention_shape, hf_config
 from bench.harness.table import MIB, Table, config_columns, config_widths
 from raggedkv.engine.compress import plan_budgets
-from raggedkv.engine.methods import get_method
+from raggedkv.engine.methods import METHODS, get_method
 from raggedkv.engine.methods.base import ModelShape
 from raggedkv.engine.models import model_shape
 
@@ -64,8 +64,6 @@ GRIDS = {  # mode -> models, prompts, providers, kv sizes, new tokens
 
 
 def provider_ids() -> list[str]:
-    from raggedkv.engine.methods import METHODS
-
     return [BASELINE, *METHODS]
 
 
