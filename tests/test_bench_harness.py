@@ -16,7 +16,7 @@ from bench.harness.budgets import head_budgets
 from bench.harness.cli import parse_args
 from bench.harness.environment import environment, gpu_slug, one_cpu_thread
 from bench.harness.results import SCHEMA, build_doc, write_json
-from bench.harness.shapes import CHECKPOINTS, attention_shape
+from bench.harness.shapes import attention_shape
 from bench.harness.spec import Bound, Provider
 from bench.harness.table import METRIC_COLUMNS, Table, config_columns, config_widths
 from bench.harness.timing import Measurement
@@ -219,4 +219,3 @@ def test_e2e_score_lookup_uses_packaged_files_where_the_engine_ships_them() -> N
         get_method(method, **scores.params)  # the packaged files fit the method
         for param, kind in METHODS[method].score_files.items():
             assert scores.params[param].name == f"smollm2-135m-instruct-{kind}.json"
-    assert "smollm2-135m" in CHECKPOINTS

@@ -1,7 +1,7 @@
 """The score files HeadKV and CompressKV read in the end-to-end bench: packaged where the engine ships them, else
 synthetic, for every file the method declares (`Method.score_files`: constructor parameter -> score kind).
 
-Packaged: `engine/data/<slug>-<kind>.json` of the released checkpoint of the shape (`shapes.CHECKPOINTS`).
+Packaged: `engine/data/<slug>-<kind>.json` of the released checkpoint of the shape (`CHECKPOINTS`).
 Synthetic, of the shape's size, seed 0: per-head kinds get HeadKV-like skew (log-normal head importance,
 sigma 1.5), the layer-score kind a uniform draw in [0.5, 1.5) per layer. Speed and memory depend on how skewed the
 budgets are, not on which heads are important, so synthetic scores time the method faithfully.
@@ -15,11 +15,16 @@ from typing import Any
 
 import torch
 
+from raggedkv.engine.default_model import DEFAULT_MODEL
 from raggedkv.engine.methods import METHODS
 from raggedkv.engine.methods.base import ModelShape
 from raggedkv.engine.methods.head_scores import LAYER_SCORE_KIND, packaged_score_file
 
-from .shapes import CHECKPOINTS, attention_shape
+from .shapes import attention_shape
+
+# Released checkpoints of each shape in `shapes.MODELS`: where the engine ships a score file for one, it is used.
+CHECKPOINTS = {"llama3-8b": "meta-llama/Meta-Llama-3-8B-Instruct", "mistral-7b": "mistralai/Mistral-7B-Instruct-v0.2",
+               "smollm2-135m": DEFAULT_MODEL}
 
 SYNTHETIC_HEADS = "synthetic (log-normal head importance, sigma 1.5, seed 0)"
 SYNTHETIC_LAYERS = "synthetic (uniform in [0.5, 1.5) per layer, seed 0)"

@@ -38,10 +38,6 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 KERNEL_SHAPES = ("llama3-8b", "smollm2-135m")  # the kernel benches' grid (Mistral-7B's attention = Llama-3-8B's)
 
-# Released checkpoints of the same architecture: where the engine ships score files for one, the benches use them.
-CHECKPOINTS = {"llama3-8b": "meta-llama/Meta-Llama-3-8B-Instruct", "mistral-7b": "mistralai/Mistral-7B-Instruct-v0.2",
-               "smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
-
 
 def _check(name: str) -> None:
     if name not in MODELS:
