@@ -274,8 +274,10 @@ def _evaluate(model, model_key: str, provider: str, config: dict[str, Any], ids:
     """One (config, provider): build its runner once (with a warm-up on GPUs), then check or measure it."""
     new_tokens = config["new_tokens"]
     row: dict[str, Any] = {}
-    scores = None if provider == BASELINE else method_scores(model_key, provider)
+    scores: MethodScores | None = None
     try:
+        if provider != BASELINE:
+            scores = method_scores(model_key, provider)
         key = (provider, config["kv_size"])
         if key not in runners:
             runners[key] = (hf_runner(model) if scores is None else

@@ -219,3 +219,17 @@ def test_e2e_score_lookup_uses_packaged_files_where_the_engine_ships_them() -> N
         get_method(method, **scores.params)  # the packaged files fit the method
         for param, kind in METHODS[method].score_files.items():
             assert scores.params[param].name == f"smollm2-135m-instruct-{kind}.json"
+
+
+def test_e2e_plan_row_reports_a_method_that_cannot_be_built_as_an_error(monkeypatch) -> None:
+    config = {"model": "llama3-8b", "prompt": 32768, "kv_size": 128, "new_tokens": 0}
+    row = bench_e2e.plan_only(config, "headkv-r2")
+    assert row["check"] == "ok" and row["scores"] == "synthetic"
+    assert row["kv_bytes"] == 128 * 32 * 8 * 128 * 2 * 2  # kv_size tokens x layers x KV heads, bf16 K and V
+
+    def unknown_kind(model: str, method: str):
+        raise ValueError("kind='retrieval-reasoning-heads' is unknown")
+
+    monkeypatch.setattr(bench_e2e, "method_scores", unknown_kind)
+    row = bench_e2e.plan_only(config, "headkv-r2")
+    assert row["check"] == "error" and "retrieval-reasoning-heads" in row["error"]
