@@ -130,9 +130,9 @@ def test_store_resumes_and_refuses_other_settings(tmp_path):
     assert data["records"] == [{"method": "snapkv", "n": 1, "answer": "x"}] and data["summary"] == {"rows": [[1]]}
     again = ResultStore(path, "niah", {"model": "m"}, ("method", "n"))
     assert again.done(("snapkv", 1)) and not again.done(("snapkv", 2))
-    with pytest.raises(ValueError, match=r"other settings \(model differ\)"):
+    with pytest.raises(ValueError, match=r"other settings \(model: 'm' in the file, 'other' in this run\)"):
         ResultStore(path, "niah", {"model": "other"}, ("method", "n"))
-    with pytest.raises(ValueError, match="not a 'longbench' results file"):
+    with pytest.raises(ValueError, match="holds 'niah' results, not 'longbench' ones"):
         ResultStore(path, "longbench", {"model": "m"}, ("method", "n"))
 
 
