@@ -4,8 +4,8 @@
                                  [--dry-run]
 
 One call = one decode step of one layer: `batch` sequences, one query token each, every (sequence, KV head)
-segment holding its budget of tokens (`kv_size` on average per head; `uniform` or HeadKV/Ada-KV-like `skew`
-budgets with the same total). The full-cache baselines attend to all `prompt` tokens of every head.
+segment holding its budget of tokens (`kv_size` on average per head; `uniform` or `skew` budgets with the same
+total, planned by the engine's SnapKV and HeadKV-R: `harness/budgets.py`). The full-cache baselines attend to all `prompt` tokens of every head.
 
 Bytes (GB/s uses 1e9): ragged providers read `sum(kv_lens) * head_dim * 2 (K and V) * 2 B` plus q and write the
 output; full-cache providers read `batch * num_kv_heads * prompt * head_dim * 2 * 2 B` plus q and the output.

@@ -4,8 +4,9 @@
                                  [--dry-run]
 
 One call compresses one layer of `batch` sequences after prefill: each (sequence, KV head) keeps its own number
-of top-scored prefix tokens (`kv_size - window` on average, `uniform` or `skew` budgets of equal total), in
-position order, plus the `window` last tokens, written into its segment of the ragged cache.
+of top-scored prefix tokens (`kv_size - window` on average, `uniform` or `skew` budgets of equal total, as
+`harness/budgets.py` plans them), in position order, plus the `window` last tokens, written into its segment of
+the ragged cache.
 
 Bytes (same for every provider): the kept K and V rows read and written, plus the scores read.
 """
