@@ -168,7 +168,7 @@ def _bad_decode_args(name):
             lambda a: a.update(v_cache=a["v_cache"][:-1]),
         ],
         "kv_lens": [
-            lambda a: a.update(kv_lens=a["kv_lens"].long()),
+            lambda a: a.update(kv_lens=a["kv_lens"].to(torch.int16)),
             lambda a: a.update(q=torch.cat([a["q"], a["q"][:1]])),
         ],
         "kv_indptr": [lambda a: a.update(kv_indptr=a["kv_indptr"][:-1])],
@@ -195,14 +195,19 @@ def test_decode_bad_arguments_are_named(device, name):
 
 
 def test_pick_chunk_size():
-    assert _pick_chunk_size([], 8) == 256
-    assert _pick_chunk_size([100] * 4, 2) == 256  # never beyond the longest capacity
-    assert _pick_chunk_size([10_000], 8) == 2048  # cdiv(10000, 1024) = 10 > 8 programs
-    assert _pick_chunk_size([10_000, 300], 528) == 256
+    assert _pick_chunk_size([], 2) == 256
+    assert _pick_chunk_size([100] * 4, 1) == 256  # 4 programs either way: no smaller chunk pays
+    assert _pick_chunk_size([10_000], 2) == 2048  # rule 1: cdiv(10000, 1024) = 10 > 4 * 2 programs
+    assert _pick_chunk_size([10_000, 300] * 60, 132) == 2048  # rule 1: 360 programs, over two waves already
+    # Rule 2, the compressed batch-1 case: 8 KV heads of 2304 rows on 132 SMs, 72 programs at 256
+    # tokens, 288 (over two waves) at 64.
+    assert _pick_chunk_size([2304] * 8, 132) == 64
+    assert _pick_chunk_size([2304] * 8, 1000) == 64  # the floor: two 32-token tiles per program
+    assert _pick_chunk_size([2304] * 8, 40) == 128  # 144 programs >= 2 * 40 already
 
 
 def test_pick_block_n():
-    assert _pick_block_n(64, 4096) == 64
+    assert _pick_block_n(64, 4096) == 32
     assert _pick_block_n(128, 4096) == 32
     assert _pick_block_n(64, 20) == 32
     assert _pick_block_n(128, 1) == 16
@@ -212,6 +217,7 @@ def test_plan_decode():
     assert plan_decode(torch.tensor([0, 0], dtype=torch.int32)) == (256, 1)
     assert plan_decode([1000, 3], chunk_size=100) == (100, 10)
     assert plan_decode([4096] * 8, num_sms=4) == (2048, 2)  # 16 programs
+    assert plan_decode([2304] * 8, num_sms=132) == (64, 36)  # compressed regime: 288 programs
     with pytest.raises(ValueError, match="capacities"):
         plan_decode([3, -1])
     with pytest.raises(ValueError, match="chunk_size"):
