@@ -152,6 +152,7 @@ BROKEN = {
     "other schema": (lambda text: text.replace("raggedkv-eval/1", "raggedkv-eval/0"), "schema is 'raggedkv-eval/0'"),
     "records not a list": (lambda text: json.dumps({**json.loads(text), "records": {}}), "'records' is missing"),
     "record without a key field": (lambda text: text.replace('"depth": 50, ', "", 1), "has no 'depth'"),
+    "grid of lists": (lambda text: json.dumps({**json.loads(text), "grid": {"length": [[120]]}}), "'grid' is not"),
     "unhashable key": (lambda text: text.replace('"depth": 50,', '"depth": [50],', 1), "depth=[50], not a number"),
 }
 

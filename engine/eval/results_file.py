@@ -85,8 +85,10 @@ def read_results(path: Path, task: str, key_fields: Sequence[str]) -> dict:
     if not isinstance(data.get("records"), list):
         raise _refuse(path, "'records' is missing or not a list")
     grid = data.get("grid")
-    if grid is not None and not (isinstance(grid, dict) and all(isinstance(v, list) for v in grid.values())):
-        raise _refuse(path, "'grid' is not an object of lists")
+    if grid is not None and not (isinstance(grid, dict) and all(
+        isinstance(values, list) and all(isinstance(value, _KEY_TYPES) for value in values) for values in grid.values()
+    )):
+        raise _refuse(path, "'grid' is not an object of lists of numbers, strings or nulls")
     _check_records(path, data["records"], key_fields)
     return data
 

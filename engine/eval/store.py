@@ -123,7 +123,7 @@ class ResultStore:
         recorded = data.get("grid")
         file_grid = recorded if recorded is not None else grid_of(map(self.key, self.records), self.key_fields)
         if recorded is not None:
-            fits = all(set(file_grid.get(f, [])) == set(self.grid[f]) for f in {*file_grid, *self.grid})
+            fits = all(set(file_grid.get(f, [])) == set(self.grid.get(f, [])) for f in {*file_grid, *self.grid})
         else:  # a file from before grids were recorded: resumable by any run whose grid covers its records
             fits = all(set(file_grid[f]) <= set(self.grid[f]) for f in self.key_fields)
         if fits:
