@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from raggedkv.kernels.append import append_kv
+from raggedkv.kernels.append import _append_kv_launches, append_kv
 from raggedkv.kernels.reference import append_kv_ref
 
 from tests.ragged_cases import dtype_id, expected_output, forbid_host_sync, make_case, run_decode, valid_rows
@@ -99,6 +99,31 @@ def test_append_then_decode_equals_attention_over_concatenation(device, dtype):
         expected[b, h * group : (h + 1) * group] = F.scaled_dot_product_attention(queries, keys, values)
     assert_close(out, expected, TOLERANCE[dtype] + torch.finfo(dtype).eps)
     assert_close(out, expected_output(q, k_cache, v_cache, plan), TOLERANCE[dtype] + torch.finfo(dtype).eps)
+
+
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64], ids=dtype_id)
+def test_append_accepts_int32_and_int64_metadata(device, index_dtype):
+    """kv_indptr and kv_lens in either index dtype (each its own): same rows as the reference, dtype kept."""
+    _, k_cache, v_cache, plan = make_case([2, 0, 5, 1], 2, 1, 64, torch.float32, device, headroom=1)
+    kv_indptr, kv_lens = plan.kv_indptr.to(index_dtype), plan.kv_lens.long()
+    kv_lens[2] = 6  # at capacity
+    expected_k, expected_v, expected_lens = k_cache.clone(), v_cache.clone(), kv_lens.clone()
+    k_new = torch.randn(4, 64, device=device)
+    append_kv_ref(k_new, -k_new, expected_k, expected_v, kv_indptr, expected_lens)
+    append_kv(k_new, -k_new, k_cache, v_cache, kv_indptr, kv_lens)
+    assert kv_lens.dtype == torch.int64 and kv_lens.tolist() == expected_lens.tolist() == [3, 1, 6, 2]
+    assert torch.equal(k_cache, expected_k) and torch.equal(v_cache, expected_v)
+
+
+def test_append_launch_description_from_meta_tensors():
+    """`_append_kv_launches` needs shapes only: on meta tensors it describes the launcher's one launch."""
+    meta = {"device": "meta"}
+    k_new, k_cache = torch.empty(6, 3, 80, **meta)[:, 1], torch.empty(100, 80, dtype=torch.float16, **meta)
+    kv_indptr, kv_lens = torch.empty(7, dtype=torch.int64, **meta), torch.empty(6, dtype=torch.int32, **meta)
+    (launch,) = _append_kv_launches(k_new, k_new, k_cache, k_cache, kv_indptr, kv_lens)
+    assert launch.name == "_append_kv_kernel" and launch.grid == (6,)
+    assert dict(launch.constexprs) == {"HEAD_DIM": 80, "BLOCK_D": 128}
+    assert launch.args[6:] == (240, 240, 100)  # row strides of k_new/v_new, cache rows
 
 
 def test_append_does_not_sync(device):

@@ -10,7 +10,7 @@ import torch
 
 from raggedkv.kernels import plan_segments
 from raggedkv.kernels.reference import select_and_pack_ref
-from raggedkv.kernels.select_pack import BLOCK_T, select_and_pack
+from raggedkv.kernels.select_pack import BLOCK_T, _select_and_pack_launches, select_and_pack
 from tests.utils import SENTINEL, sentinel_cache
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -117,6 +117,41 @@ def test_select_and_pack_several_sequences_in_one_cache(device, dtype):
     cache.assert_untouched_outside(dict(enumerate(keep)))
 
 
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+def test_select_and_pack_accepts_int64_metadata(device, index_dtype):
+    """kv_indptr, kv_lens and budgets in either index dtype: the same cache as the int32 reference, dtype kept."""
+    n, w, budget_list = 40, 4, [3, 36, 0]
+    scores = _scores(len(budget_list), n - w, False, device)
+    k_src = torch.randn(len(budget_list), n, 16, device=device)
+    v_src = torch.randn_like(k_src)
+    cache = _Cache.sentinel([b + w for b in budget_list], 16, torch.float32, device)
+    expected = cache.clone()
+    cache.kv_indptr, cache.kv_lens = cache.kv_indptr.to(index_dtype), cache.kv_lens.to(index_dtype)
+    budgets = torch.tensor(budget_list, dtype=index_dtype, device=device)
+    cache.pack(select_and_pack, scores, budgets, k_src, v_src, 0)
+    expected.pack(select_and_pack_ref, scores, budgets.int(), k_src, v_src, 0)
+    assert cache.kv_lens.dtype == index_dtype
+    assert cache.kv_lens.tolist() == expected.kv_lens.tolist() == [b + w for b in budget_list]
+    assert torch.equal(cache.k, expected.k) and torch.equal(cache.v, expected.v)
+
+
+def test_select_and_pack_launch_description_from_meta_tensors():
+    """`_select_and_pack_launches` needs shapes only (grid from num_src and n, no budget read): meta tensors work."""
+    meta = {"device": "meta"}
+    num_src, n, m, head_dim = 3, 2 * BLOCK_T + 1, 2 * BLOCK_T - 7, 80
+    k_src = torch.empty(num_src, n, head_dim, dtype=torch.bfloat16, **meta)
+    k_cache = torch.empty(1000, head_dim, dtype=torch.bfloat16, **meta)
+    (launch,) = _select_and_pack_launches(
+        torch.empty(num_src, m, **meta), torch.empty(num_src, dtype=torch.int64, **meta), k_src, k_src, k_cache,
+        k_cache, torch.empty(6, dtype=torch.int32, **meta), torch.empty(5, dtype=torch.int32, **meta), 2,
+    )
+    assert launch.name == "_select_pack_kernel" and launch.grid == (num_src, 3)
+    assert dict(launch.constexprs) == {"BLOCK_T": BLOCK_T, "BLOCK_D": 128}
+    src_pos = launch.args[0]
+    assert src_pos.device.type == "meta" and src_pos.shape == (num_src, m) and src_pos.dtype == torch.int64
+    assert launch.args[8:13] == (2, m, n, head_dim, 1000)
+
+
 def _kept_by_loop(scores_row: torch.Tensor, budget: int, ties: bool) -> torch.Tensor:
     """Top-`budget` positions of one segment in position order: torch.topk on tie-free scores, an explicit
     (-score, position) ordering when there are ties."""
@@ -196,6 +231,9 @@ BAD_ARGS = [
     ("kv_indptr", lambda d: {"kv_indptr": _indptr([0, 10, 20], d).float()}, TypeError),
     ("kv_indptr puts segment 1 at rows 10..30", lambda d: {"kv_indptr": _indptr([0, 10, 30], d)}, ValueError),
     ("kv_lens", lambda d: {"kv_lens": torch.zeros(2, device=d)}, TypeError),
+    ("kv_lens must be contiguous", lambda d: {"kv_lens": torch.zeros(4, dtype=torch.int32, device=d)[::2]},
+     ValueError),
+    ("budgets must be contiguous", lambda d: {"budgets": torch.tensor([3, 0, 6, 0], device=d)[::2]}, ValueError),
     ("first_segment=1", lambda d: {"first_segment": 1}, ValueError),
     ("first_segment=-1", lambda d: {"first_segment": -1}, ValueError),
     ("first_segment", lambda d: {"first_segment": 0.0}, TypeError),
