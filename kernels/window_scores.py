@@ -14,26 +14,42 @@ multiplied by the head weights, reduced over the group's query heads ("mean"/"ma
 stride 1 and padding `pool_size // 2` ("max" pads with -inf, "avg" counts the zero padding, like torch's
 `max_pool1d`/`avg_pool1d`).
 
-Nothing with both a window and a prompt-length dimension is ever allocated; three launches (two with
-`pool_size == 1`, none when `w == n`):
+Nothing with both a window and a prompt-length dimension is ever allocated. `_window_scores_launches` describes the
+launches (a pure function of shapes, dtypes and strides, also on `meta` tensors: the kernel resource report compiles
+exactly these); three of them (two with `pool_size == 1`, none when `w == n`), kernels in `window_scores_kernels.py`:
     1. `_window_lse_kernel`, grid `(num_kv_heads, cdiv(group_size * w, BLOCK_M))`: the log2-domain log-sum-exp
        of every (query head, window row) over its causal keys, fp32 `[num_qo_heads, w]`. A program owns a tile of
-       the group's flattened (head, row) pairs, so each key tile is read once for the whole group.
+       the group's flattened (head, row) pairs, so each key tile is read once for the whole group; whole tiles of
+       the keys every row sees (positions `0 .. n - w`) run unmasked, the last `< w + BLOCK_N` keys take the mask.
     2. `_window_scores_kernel`, grid `(num_kv_heads, cdiv(n - w, BLOCK_N))`, key-block stationary: a program
-       loads one tile of prefix keys once, loops over the group's query heads and window row tiles, recomputes
-       `p = exp2(s - lse)` and reduces it into the pre-pool scores fp32 `[num_kv_heads, n - w]` (no atomics:
-       each program owns its columns; prefix keys are seen by every window row, so no mask).
+       loads one tile of prefix keys once, loops over the group's query heads and window row tiles, computes the
+       logits transposed (`K.Q^T`, keys x rows), recomputes `p = exp2(s - lse)` and sums it along each key's row
+       into the pre-pool scores fp32 `[num_kv_heads, n - w]` (no atomics: each program owns its columns; prefix
+       keys are seen by every window row, so no mask).
     3. `_pool1d_kernel`, grid `(num_kv_heads, cdiv(n - w, BLOCK_POOL))`: the 1-D pooling.
+Block sizes, warps and stages come from `_lse_config`/`_scores_config` (pure functions of the shape and path, no
+autotuning). At the engine's shapes (Llama-3-8B/Mistral-7B fp16/bf16, SmolLM2-135M bf16/fp32; windows 8/32/64;
+prompts up to 32K) both passes compile without spills for sm_80 and sm_90, and the tensor-core path issues
+HMMA (sm_80) / HMMA or wgmma (sm_90) instructions.
 
-Numerics: tiles are upcast to fp32 right after loading (also what makes bf16 right under the Triton
-interpreter); logits, log-sum-exp, probabilities and sums are fp32; `exp2` with `log2(e)` folded into the scale;
-fp32 `tl.dot` with `input_precision="ieee"` (the GPU's TF32 default would cost ~1e-3 relative). Inputs may be
-fp16, bf16 or fp32 (q_win and k need not match); any head_dim (padded to a power of two >= 16 and masked).
+Numerics: two paths, chosen by `_is_exact`.
+- Tensor-core path (q_win and k both fp16, or both bf16 off the CPU): tiles load in their own dtype and feed
+  `tl.dot` with fp32 accumulation. A product of two half-precision numbers is exact in fp32, so the logits carry
+  only fp32 accumulation error; no probability ever enters a dot (pass 2 sums them in fp32 along the rows of the
+  transposed logits), so there is no P to round or split into halves.
+- Exact path (an fp32 input, q_win and k of different dtypes, or bf16 on the CPU, where the Triton interpreter's
+  bf16 arithmetic is wrong): tiles upcast to fp32 right after loading, fp32 `tl.dot` with `input_precision="ieee"`
+  (the GPU's TF32 default would cost ~1e-3 relative).
+On both, logits, log-sum-exp, probabilities and sums are fp32, with `exp2` and `log2(e)` folded into the scale.
+Inputs may be fp16, bf16 or fp32; any head_dim (padded to a power of two >= 16 and masked).
 
-Tested under the Triton interpreter (CPU) against the fp64 reference (max error ~2e-7 relative); not yet on a GPU.
+Tested under the Triton interpreter (CPU) against the fp64 reference, tolerance 1e-5 relative on both paths (the
+tensor-core path with fp16 inputs; measured max error 1.1e-6 fp16, 1.7e-6 fp32 at head_dim 128); bf16 tensor-core dots are covered by the kernel
+resource report's ahead-of-time compile and by the same tests on a GPU; not yet run on a GPU.
 Not supported: batched sequences in one call (call it per sequence), fp64/fp8 inputs, a precomputed LSE from
-the prefill attention, autograd. Performance notes (GPU): pass 1 is not split over keys, so very long prompts run
-it on few programs (a key split with an LSE merge is the next step), and the fp32 "ieee" dots skip tensor cores.
+the prefill attention, autograd. Performance note (GPU): pass 1 is not split over keys, so long prompts run it on
+`num_kv_heads * cdiv(group_size * w, 64)` programs (16 for Llama-3-8B at w = 32); a key split with an LSE merge
+in pass 2 is the next step.
 """
 
 from __future__ import annotations
@@ -42,146 +58,127 @@ import math
 
 import torch
 import triton
-import triton.language as tl
 
-from ._utils import FLOAT_DTYPES, check_choice, check_kernel_device, check_tensor, next_power_of_2
+from ._utils import FLOAT_DTYPES, Launch, check_choice, check_kernel_device, check_tensor, next_power_of_2
+from .window_scores_kernels import _pool1d_kernel, _window_lse_kernel, _window_scores_kernel
 
 WINDOW_REDUCES = ("sum", "mean")
 GROUP_REDUCES = ("mean", "max", "sum")
 POOLS = ("max", "avg")
 
-BLOCK_N = 64  # prefix keys per pass-2 program, and keys per pass-1 loop step
 BLOCK_POOL = 256  # scores per pooling program
 _GROUP_REDUCE_CODE = {"mean": 0, "max": 1, "sum": 2}
 _LOG2E = 1.4426950408889634
 
 
-@triton.jit
-def _window_lse_kernel(
-    q_ptr, k_ptr, lse_ptr,
-    n, w, group_size, head_dim, qk_scale,
-    stride_q_head, stride_q_row, stride_k_head, stride_k_tok,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-):
-    # q_ptr: [num_qo_heads, w, head_dim]; k_ptr: [num_kv_heads, n, head_dim]; both last-dim contiguous.
-    # lse_ptr: [num_qo_heads, w] fp32 contiguous, log2 domain: log2(sum_j exp2(qk_scale * q_i . k_j)), j <= n-w+i.
-    # Program (kv_head, tile): BLOCK_M of the group's flattened rows r = g * w + i, over all n keys.
-    kv_head = tl.program_id(0).to(tl.int64)
-    r = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = r < group_size * w
-    qo_head = kv_head * group_size + r // w
-    i = r % w
-    q_pos = n - w + i  # padding rows get a real position, so every row sees key 0 and stays finite
-    d = tl.arange(0, BLOCK_D)
-    d_ok = d < head_dim
-
-    # Load the query tile once.
-    q_offs = qo_head[:, None] * stride_q_head + i[:, None] * stride_q_row + d[None, :]
-    q = tl.load(q_ptr + q_offs, mask=row_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
-
-    # Stream the keys with an online log-sum-exp (key 0 is in the first tile, so m_i is finite after it).
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    k_base = k_ptr + kv_head * stride_k_head
-    for start in range(0, n, BLOCK_N):
-        k_pos = start + tl.arange(0, BLOCK_N)
-        k_offs = k_pos[:, None] * stride_k_tok + d[None, :]
-        k = tl.load(k_base + k_offs, mask=(k_pos < n)[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
-        s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale
-        s = tl.where(k_pos[None, :] <= q_pos[:, None], s, float("-inf"))  # causal; also hides k_pos >= n
-        m_new = tl.maximum(m_i, tl.max(s, axis=1))
-        l_i = l_i * tl.exp2(m_i - m_new) + tl.sum(tl.exp2(s - m_new[:, None]), axis=1)
-        m_i = m_new
-
-    tl.store(lse_ptr + qo_head * w + i, m_i + tl.log2(l_i), mask=row_ok)
-
-
-@triton.jit
-def _window_scores_kernel(
-    q_ptr, k_ptr, lse_ptr, weights_ptr, out_ptr,
-    m, w, group_size, head_dim, qk_scale, window_scale, group_scale,
-    stride_q_head, stride_q_row, stride_k_head, stride_k_tok,
-    HAS_WEIGHTS: tl.constexpr, GROUP_REDUCE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-):
-    # q_ptr: [num_qo_heads, w, head_dim]; k_ptr: [num_kv_heads, n, head_dim]; lse_ptr: [num_qo_heads, w] fp32
-    # (log2 domain); weights_ptr: [num_qo_heads] (read only if HAS_WEIGHTS); out_ptr: [num_kv_heads, m] fp32
-    # pre-pool scores, m = n - w. GROUP_REDUCE: 0 mean (sum then * group_scale), 1 max, 2 sum.
-    # Program (kv_head, key block): BLOCK_N prefix keys, loaded once, against all w rows of every group head.
-    kv_head = tl.program_id(0).to(tl.int64)
-    k_pos = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    k_ok = k_pos < m
-    d = tl.arange(0, BLOCK_D)
-    d_ok = d < head_dim
-
-    # Load the key tile once.
-    k_offs = kv_head * stride_k_head + k_pos[:, None] * stride_k_tok + d[None, :]
-    k = tl.load(k_ptr + k_offs, mask=k_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
-
-    if GROUP_REDUCE == 1:
-        acc = tl.full([BLOCK_N], float("-inf"), tl.float32)
-    else:
-        acc = tl.zeros([BLOCK_N], tl.float32)
-    for g in range(group_size):
-        qo_head = kv_head * group_size + g
-        # Column sums of this head's window probabilities, one row tile at a time.
-        col = tl.zeros([BLOCK_N], tl.float32)
-        for row_start in range(0, w, BLOCK_M):
-            i = row_start + tl.arange(0, BLOCK_M)
-            i_ok = i < w
-            q_offs = qo_head * stride_q_head + i[:, None] * stride_q_row + d[None, :]
-            q = tl.load(q_ptr + q_offs, mask=i_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
-            lse = tl.load(lse_ptr + qo_head * w + i, mask=i_ok, other=float("inf"))  # padding rows: p = 0
-            s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale
-            col += tl.sum(tl.exp2(s - lse[:, None]), axis=0)
-        # Window reduce, head weight, group reduce.
-        col = col * window_scale
-        if HAS_WEIGHTS:
-            col = col * tl.load(weights_ptr + qo_head).to(tl.float32)
-        if GROUP_REDUCE == 1:
-            acc = tl.maximum(acc, col)
-        else:
-            acc += col
-    if GROUP_REDUCE == 0:
-        acc = acc * group_scale
-
-    tl.store(out_ptr + kv_head * m + k_pos, acc, mask=k_ok)
-
-
-@triton.jit
-def _pool1d_kernel(
-    x_ptr, out_ptr, m, pool_size,
-    IS_MAX: tl.constexpr, BLOCK: tl.constexpr,
-):
-    # x_ptr, out_ptr: [num_kv_heads, m] fp32 contiguous. Stride-1 pooling with padding pool_size // 2: max pads
-    # with -inf, avg divides by pool_size (zero padding counted). Program (kv_head, block): BLOCK outputs.
-    head = tl.program_id(0).to(tl.int64)
-    j = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    if IS_MAX:
-        acc = tl.full([BLOCK], float("-inf"), tl.float32)
-    else:
-        acc = tl.zeros([BLOCK], tl.float32)
-    for offset in range(pool_size):
-        src = j + offset - pool_size // 2
-        src_ok = (src >= 0) & (src < m)
-        x = tl.load(x_ptr + head * m + src, mask=src_ok, other=0.0)
-        if IS_MAX:
-            acc = tl.maximum(acc, tl.where(src_ok, x, float("-inf")))
-        else:
-            acc += x
-    if not IS_MAX:
-        acc = acc / pool_size
-    tl.store(out_ptr + head * m + j, acc, mask=j < m)
-
-
-def _row_block(rows: int) -> int:
-    """Rows per `tl.dot` tile: a power of two in [16, 64] (16 is the GPU's minimum M)."""
-    return min(64, max(16, next_power_of_2(rows)))
+def _is_exact(q_win: torch.Tensor, k: torch.Tensor) -> bool:
+    """True for the exact path (tiles upcast to fp32, IEEE fp32 dots): an fp32 input, q_win and k of different
+    dtypes, or bf16 on the CPU (the Triton interpreter's bf16 arithmetic is wrong; loading and upcasting is right).
+    False for the tensor-core path: both inputs fp16, or both bf16 on a GPU (or `meta`, as the report compiles)."""
+    if q_win.dtype != k.dtype or k.dtype == torch.float32:
+        return True
+    return k.dtype == torch.bfloat16 and k.device.type == "cpu"
 
 
 def _head_dim_block(head_dim: int) -> int:
     """The head_dim tile: the next power of two, at least 16 (the GPU's minimum K of `tl.dot`)."""
     return max(16, next_power_of_2(head_dim))
+
+
+def _lse_config(rows: int, exact: bool) -> tuple[int, int, int, int]:
+    """`(BLOCK_M, BLOCK_N, num_warps, num_stages)` of pass 1 for `rows = group_size * w` window rows.
+
+    Tensor cores: up to 64 rows by 64 keys, 4 warps (one warpgroup: Hopper's wgmma is 64 rows per warpgroup),
+    3 stages. Exact path: 32 x 32 fp32 tiles, whose FMA dot fits the registers without spilling.
+    """
+    if exact:
+        return min(32, max(16, next_power_of_2(rows))), 32, 4, 2
+    return min(64, max(16, next_power_of_2(rows))), 64, 4, 3
+
+
+def _scores_config(w: int, exact: bool) -> tuple[int, int, int, int]:
+    """`(BLOCK_M, BLOCK_N, num_warps, num_stages)` of pass 2: BLOCK_N prefix keys per program (the M of the
+    transposed dot), BLOCK_M window rows per step. Tensor cores: 64 keys, up to 64 rows, 4 warps. Exact path:
+    32 keys, up to 32 rows."""
+    if exact:
+        return min(32, max(16, next_power_of_2(w))), 32, 4, 2
+    return min(64, max(16, next_power_of_2(w))), 64, 4, 3
+
+
+def _window_scores_launches(
+    q_win: torch.Tensor,
+    k: torch.Tensor,
+    lse: torch.Tensor,
+    scores: torch.Tensor,
+    pooled: torch.Tensor | None,
+    *,
+    window_reduce: str,
+    group_reduce: str,
+    pool: str,
+    pool_size: int,
+    qo_head_weights: torch.Tensor | None,
+    sm_scale: float | None,
+) -> list[Launch]:
+    """The launches of `window_scores` for already validated arguments, in order; a pure function of shapes,
+    dtypes, strides and devices (no device reads), so it also works on `device="meta"` tensors.
+
+    Args:
+        q_win, k, window_reduce, group_reduce, pool, pool_size, qo_head_weights, sm_scale: as `window_scores`.
+        lse: fp32 `[num_qo_heads, w]` contiguous scratch, written by pass 1.
+        scores: fp32 `[num_kv_heads, n - w]` contiguous, the pre-pool scores (the result when `pool_size == 1`).
+        pooled: fp32 `[num_kv_heads, n - w]` contiguous, the pooled result; None when `pool_size == 1`.
+
+    Returns:
+        pass 1, pass 2 and (when `pool_size > 1`) the pooling; empty when `w == n`.
+    """
+    num_qo_heads, w, head_dim = q_win.shape
+    num_kv_heads, n, _ = k.shape
+    group_size = num_qo_heads // num_kv_heads
+    m = n - w
+    if m == 0:
+        return []
+    exact = _is_exact(q_win, k)
+    qk_scale = (sm_scale if sm_scale is not None else 1.0 / math.sqrt(head_dim)) * _LOG2E
+    strides = (q_win.stride(0), q_win.stride(1), k.stride(0), k.stride(1))
+    shared = {"HEAD_DIM": head_dim, "EXACT": exact, "BLOCK_D": _head_dim_block(head_dim)}
+
+    block_m, block_n, warps, stages = _lse_config(group_size * w, exact)
+    launches = [
+        Launch(
+            _window_lse_kernel,
+            (num_kv_heads, triton.cdiv(group_size * w, block_m)),
+            (q_win, k, lse, n, w, group_size, qk_scale, *strides),
+            dict(shared, BLOCK_M=block_m, BLOCK_N=block_n),
+            warps,
+            stages,
+        )
+    ]
+    block_m, block_n, warps, stages = _scores_config(w, exact)
+    weights = qo_head_weights if qo_head_weights is not None else lse  # placeholder pointer, never read
+    launches.append(
+        Launch(
+            _window_scores_kernel,
+            (num_kv_heads, triton.cdiv(m, block_n)),
+            (q_win, k, lse, weights, scores, m, w, group_size, qk_scale,
+             1.0 / w if window_reduce == "mean" else 1.0, 1.0 / group_size, *strides),
+            dict(shared, HAS_WEIGHTS=qo_head_weights is not None, GROUP_REDUCE=_GROUP_REDUCE_CODE[group_reduce],
+                 BLOCK_M=block_m, BLOCK_N=block_n),
+            warps,
+            stages,
+        )
+    )
+    if pool_size > 1:
+        launches.append(
+            Launch(
+                _pool1d_kernel,
+                (num_kv_heads, triton.cdiv(m, BLOCK_POOL)),
+                (scores, pooled, m, pool_size),
+                {"IS_MAX": pool == "max", "BLOCK": BLOCK_POOL},
+                4,
+                2,
+            )
+        )
+    return launches
 
 
 def _check_args(
@@ -266,40 +263,14 @@ def window_scores(
     Not supported: several sequences per call, fp64 inputs, autograd.
     """
     _check_args(q_win, k, window_reduce, group_reduce, pool, pool_size, qo_head_weights, sm_scale)
-    num_qo_heads, w, head_dim = q_win.shape
+    num_qo_heads, w, _ = q_win.shape
     num_kv_heads, n, _ = k.shape
-    group_size = num_qo_heads // num_kv_heads
-    m = n - w
-    scores = torch.empty((num_kv_heads, m), dtype=torch.float32, device=q_win.device)
-    if m == 0:
-        return scores
-
-    qk_scale = (sm_scale if sm_scale is not None else 1.0 / math.sqrt(head_dim)) * _LOG2E
-    block_d = _head_dim_block(head_dim)
-    strides = (q_win.stride(0), q_win.stride(1), k.stride(0), k.stride(1))
-
-    # Pass 1: row log-sum-exp of every (query head, window row).
+    scores = torch.empty((num_kv_heads, n - w), dtype=torch.float32, device=q_win.device)
     lse = torch.empty((num_qo_heads, w), dtype=torch.float32, device=q_win.device)
-    block_m = _row_block(group_size * w)
-    _window_lse_kernel[(num_kv_heads, triton.cdiv(group_size * w, block_m))](
-        q_win, k, lse, n, w, group_size, head_dim, qk_scale, *strides,
-        BLOCK_M=block_m, BLOCK_N=BLOCK_N, BLOCK_D=block_d, num_warps=4,
-    )
-
-    # Pass 2: key-block-stationary column sums, reduced over the window and the group.
-    weights = qo_head_weights if qo_head_weights is not None else lse  # placeholder pointer, never read
-    _window_scores_kernel[(num_kv_heads, triton.cdiv(m, BLOCK_N))](
-        q_win, k, lse, weights, scores, m, w, group_size, head_dim, qk_scale,
-        1.0 / w if window_reduce == "mean" else 1.0, 1.0 / group_size, *strides,
-        HAS_WEIGHTS=qo_head_weights is not None, GROUP_REDUCE=_GROUP_REDUCE_CODE[group_reduce],
-        BLOCK_M=_row_block(w), BLOCK_N=BLOCK_N, BLOCK_D=block_d, num_warps=4,
-    )
-    if pool_size == 1:
-        return scores
-
-    # Pass 3: 1-D pooling along the prefix.
-    pooled = torch.empty_like(scores)
-    _pool1d_kernel[(num_kv_heads, triton.cdiv(m, BLOCK_POOL))](
-        scores, pooled, m, pool_size, IS_MAX=pool == "max", BLOCK=BLOCK_POOL, num_warps=4,
-    )
-    return pooled
+    pooled = torch.empty_like(scores) if pool_size > 1 else None
+    for launch in _window_scores_launches(
+        q_win, k, lse, scores, pooled, window_reduce=window_reduce, group_reduce=group_reduce, pool=pool,
+        pool_size=pool_size, qo_head_weights=qo_head_weights, sm_scale=sm_scale,
+    ):
+        launch()
+    return pooled if pooled is not None else scores

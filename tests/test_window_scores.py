@@ -1,4 +1,21 @@
-"""window_scores: the Triton kernel against window_scores_ref (fp64), the reference against SDPA, memory, bad args."""
+"""window_scores: the Triton kernels against window_scores_ref (fp64), the reference against SDPA, the launch
+description on `meta` tensors, memory, bad arguments.
+
+Paths and tolerances (relative to the largest expected score, `tests.utils.assert_close`):
+- Tensor-core path (q_win and k both fp16, or both bf16 on a GPU): tiles feed `tl.dot` in their own dtype with fp32
+  accumulation. Neither pass multiplies probabilities in a dot (pass 2 sums them along the rows of the transposed
+  logits), so no P is ever rounded to half precision: a product of two half-precision numbers is exact in fp32, and
+  the only error is the fp32 accumulation of `head_dim` products into a logit, |dt| <= head_dim * u * c * sum|q k|
+  (u = 2^-24 rounding, 2^-23 on tensor cores that truncate), which moves a probability by ln(2) * (|dt| + |dlse|)
+  relative. For these inputs that is ~1e-6 typical (the worst-case bound is ~4e-4, never approached by random
+  signs); measured under the interpreter at head_dim 128: 1.1e-6 (fp16; fp32 path 1.7e-6). Tolerance
+  `TOL_TENSOR_CORE` = 1e-5, the fp32 tolerance.
+- Exact path (an fp32 input, mixed dtypes, or bf16 on the CPU): tiles upcast to fp32, IEEE fp32 dots; the same
+  bound with fp32-rounded products, tolerance `TOLERANCE[torch.float32]` = 1e-5.
+Under the Triton interpreter (CPU) bf16 arithmetic is wrong, so bf16 inputs on the CPU take the exact path and the
+tensor-core path is covered there with fp16 inputs; bf16 tensor-core dots are covered by the kernel resource report
+(ahead-of-time compile for sm_80/sm_90) and by these same tests on a GPU.
+"""
 
 from __future__ import annotations
 
@@ -11,29 +28,65 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from raggedkv.kernels.reference import window_scores_ref
-from raggedkv.kernels.window_scores import BLOCK_N, BLOCK_POOL, window_scores
+from raggedkv.kernels.window_scores import (
+    BLOCK_POOL,
+    _is_exact,
+    _lse_config,
+    _scores_config,
+    _window_lse_kernel,
+    _window_scores_kernel,
+    _window_scores_launches,
+    window_scores,
+)
 from tests.utils import TOLERANCE, assert_close
 
+TOL_TENSOR_CORE = 1e-5
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
-# (num_kv_heads, group, head_dim, w, n): prefix m = n - w around the key block, m = 1, no prefix, w = 1,
-# m > BLOCK_POOL (several pooling programs), w > 64 (several row tiles).
-SHAPES = [
-    (2, 1, 64, 8, 8 + BLOCK_N),
-    (1, 3, 128, 5, 5 + BLOCK_N - 1),
-    (2, 4, 64, 16, 16 + BLOCK_N + 1),
-    (1, 4, 128, 32, 33),
-    (2, 3, 64, 20, 20),
-    (1, 1, 64, 1, 150),
-    (1, 4, 128, 40, 40 + BLOCK_POOL + 4),
-    (1, 2, 64, 70, 100),  # w > 64: several row tiles in pass 2
-]
+
+def _tolerance(q_win: torch.Tensor, k: torch.Tensor) -> float:
+    """The documented tolerance of the path these inputs take (see the module docstring)."""
+    return TOLERANCE[torch.float32] if _is_exact(q_win, k) else TOL_TENSOR_CORE
 
 
-def _inputs(num_kv_heads, group, head_dim, w, n, dtype, device):
+def _blocks(dtype: torch.dtype, device: torch.device) -> tuple[int, int]:
+    """(keys per pass-1 step, keys per pass-2 program) of the path `dtype` inputs take on `device`."""
+    probe = torch.empty(1, 1, 16, dtype=dtype, device=device)
+    exact = _is_exact(probe, probe)
+    return _lse_config(1, exact)[1], _scores_config(1, exact)[1]
+
+
+def _edge_shapes(dtype: torch.dtype, device: torch.device) -> list[tuple[int, int, int, int, int]]:
+    """(num_kv_heads, group, head_dim, w, n) around the block sizes of the path `dtype` takes: prefix m = n - w at a
+    pass-2 key block +-1, the keys every row sees (n - w + 1) at a pass-1 key step +-1, w == 1, w == n, m == 1,
+    group 1 and > 1, head_dim not a power of two, m > BLOCK_POOL, w > 64 (several row tiles)."""
+    lse_block, key_block = _blocks(dtype, device)
+    return [
+        (2, 1, 64, 8, 8 + key_block),
+        (1, 3, 128, 5, 5 + key_block - 1),
+        (1, 4, 64, 16, 16 + key_block + 1),
+        (1, 2, 64, 6, 6 + lse_block - 2),  # n - w + 1 == lse_block - 1
+        (1, 2, 48, 3, 3 + lse_block),  # n - w + 1 == lse_block + 1
+        (1, 4, 128, 32, 33),
+        (2, 3, 64, 20, 20),
+        (1, 1, 64, 1, 150),
+        (1, 4, 32, 40, 40 + BLOCK_POOL + 4),
+        (1, 2, 64, 70, 100),
+    ]
+
+
+def _random_shape() -> tuple[int, int, int, int, int]:
+    """A small random (num_kv_heads, group, head_dim, w, n), drawn from the test's seed."""
+    pick = lambda lo, hi: int(torch.randint(lo, hi + 1, (1,)))  # noqa: E731
+    num_kv_heads, group, head_dim = pick(1, 2), pick(1, 4), [16, 40, 64, 128][pick(0, 3)]
+    n = pick(1, 160)
+    return num_kv_heads, group, head_dim, pick(1, min(n, 40)), n
+
+
+def _inputs(num_kv_heads, group, head_dim, w, n, dtype, device, k_dtype=None):
     """Queries twice as large as keys, so the window attention is peaked rather than flat."""
     q_win = (2 * torch.randn(num_kv_heads * group, w, head_dim, device=device)).to(dtype)
-    k = torch.randn(num_kv_heads, n, head_dim, device=device).to(dtype)
+    k = torch.randn(num_kv_heads, n, head_dim, device=device).to(k_dtype or dtype)
     return q_win, k
 
 
@@ -43,38 +96,50 @@ def _reference64(q_win, k, **kwargs):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("num_kv_heads,group,head_dim,w,n", SHAPES)
-def test_window_scores_matches_reference(device, num_kv_heads, group, head_dim, w, n, dtype):
-    q_win, k = _inputs(num_kv_heads, group, head_dim, w, n, dtype, device)
+@pytest.mark.parametrize("case", range(12))
+def test_window_scores_matches_reference(device, case, dtype):
+    """Ten edge shapes of the path the dtype takes, then two random shapes."""
+    shapes = _edge_shapes(dtype, device)
+    shape = shapes[case] if case < len(shapes) else _random_shape()
+    num_kv_heads, _, _, w, n = shape
+    q_win, k = _inputs(*shape, dtype, device)
     out = window_scores(q_win, k)
-    assert out.dtype == torch.float32 and out.shape == (num_kv_heads, n - w)
-    assert_close(out, _reference64(q_win, k), TOLERANCE[dtype])
+    assert out.dtype == torch.float32 and out.shape == (num_kv_heads, n - w), shape
+    assert_close(out, _reference64(q_win, k), _tolerance(q_win, k), what=f"shape {shape}")
 
 
+@pytest.mark.parametrize("q_dtype,k_dtype", [(torch.float32, torch.float16), (torch.float16, torch.bfloat16)])
+def test_window_scores_mixed_dtypes_take_the_exact_path(device, q_dtype, k_dtype):
+    q_win, k = _inputs(2, 3, 64, 9, 80, q_dtype, device, k_dtype=k_dtype)
+    assert _is_exact(q_win, k)
+    assert_close(window_scores(q_win, k), _reference64(q_win, k), TOLERANCE[torch.float32])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("pool,pool_size", [("max", 1), ("max", 7), ("avg", 3), ("avg", 9)])
 @pytest.mark.parametrize("group_reduce", ["mean", "max", "sum"])
 @pytest.mark.parametrize("window_reduce", ["sum", "mean"])
-def test_window_scores_reduce_and_pool_variants(device, window_reduce, group_reduce, pool, pool_size):
-    q_win, k = _inputs(2, 3, 64, 12, 100, torch.float32, device)
+def test_window_scores_reduce_and_pool_variants(device, window_reduce, group_reduce, pool, pool_size, dtype):
+    q_win, k = _inputs(2, 3, 32, 12, 80, dtype, device)
     kwargs = {"window_reduce": window_reduce, "group_reduce": group_reduce, "pool": pool, "pool_size": pool_size}
-    assert_close(window_scores(q_win, k, **kwargs), _reference64(q_win, k, **kwargs), TOLERANCE[torch.float32])
+    assert_close(window_scores(q_win, k, **kwargs), _reference64(q_win, k, **kwargs), _tolerance(q_win, k))
 
 
 @pytest.mark.parametrize("weights_dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("weights_kind", ["random", "head_mask"])
 @pytest.mark.parametrize("group_reduce", ["mean", "max", "sum"])
 def test_window_scores_qo_head_weights(device, group_reduce, weights_kind, weights_dtype):
-    q_win, k = _inputs(2, 4, 64, 8, 90, torch.float32, device)
+    q_win, k = _inputs(2, 4, 64, 8, 90, weights_dtype, device)
     if weights_kind == "random":
         weights = torch.rand(8, device=device) + 0.25
     else:  # only some query heads score, as when a method restricts scoring to selected heads
         weights = torch.tensor([1, 0, 0, 1, 0, 0, 0, 1], dtype=torch.float32, device=device)
     weights = weights.to(weights_dtype)
     kwargs = {"group_reduce": group_reduce, "pool": "avg", "pool_size": 5, "qo_head_weights": weights}
-    assert_close(window_scores(q_win, k, **kwargs), _reference64(q_win, k, **kwargs), TOLERANCE[torch.float32])
+    assert_close(window_scores(q_win, k, **kwargs), _reference64(q_win, k, **kwargs), _tolerance(q_win, k))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_window_scores_strided_inputs_and_sm_scale(device, dtype):
     """q_win sliced out of all prompt queries, k a transposed view of an `[n, num_kv_heads, head_dim]` buffer."""
     num_kv_heads, group, head_dim, w, n = 2, 3, 64, 9, 110
@@ -83,7 +148,64 @@ def test_window_scores_strided_inputs_and_sm_scale(device, dtype):
     q_win = q_all[:, n - w :, :]
     assert not q_win.is_contiguous() and not k.is_contiguous()
     kwargs = {"window_reduce": "sum", "group_reduce": "max", "sm_scale": 0.3}
-    assert_close(window_scores(q_win, k, **kwargs), _reference64(q_win, k, **kwargs), TOLERANCE[dtype])
+    assert_close(window_scores(q_win, k, **kwargs), _reference64(q_win, k, **kwargs), _tolerance(q_win, k))
+
+
+@pytest.mark.parametrize(
+    "q_dtype,k_dtype,device_type,exact",
+    [
+        (torch.bfloat16, torch.bfloat16, "meta", False),
+        (torch.float16, torch.float16, "meta", False),
+        (torch.float16, torch.float16, "cpu", False),
+        (torch.bfloat16, torch.bfloat16, "cpu", True),  # the interpreter's bf16 arithmetic is wrong
+        (torch.float32, torch.float32, "meta", True),
+        (torch.float32, torch.bfloat16, "meta", True),
+        (torch.bfloat16, torch.float16, "meta", True),
+    ],
+)
+def test_window_scores_path_choice(q_dtype, k_dtype, device_type, exact):
+    q_win = torch.empty(4, 8, 64, dtype=q_dtype, device=device_type)
+    k = torch.empty(2, 100, 64, dtype=k_dtype, device=device_type)
+    assert _is_exact(q_win, k) == exact
+
+
+@pytest.mark.parametrize("pool_size", [1, 7])
+@pytest.mark.parametrize("w", [8, 32, 64])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_window_scores_launches_on_meta_tensors(w, dtype, pool_size):
+    """The launch description of the Llama-3-8B shape at 32K is built from `meta` tensors (no device reads): pass 1
+    over the group's window rows, pass 2 over key blocks, pooling only when asked; both passes share the path."""
+    num_qo_heads, num_kv_heads, head_dim, n = 32, 8, 128, 32768
+    q_win = torch.empty(num_qo_heads, w, head_dim, dtype=dtype, device="meta")
+    k = torch.empty(num_kv_heads, n, head_dim, dtype=dtype, device="meta")
+    lse = torch.empty(num_qo_heads, w, device="meta")
+    scores = torch.empty(num_kv_heads, n - w, device="meta")
+    pooled = torch.empty_like(scores) if pool_size > 1 else None
+    launches = _window_scores_launches(
+        q_win, k, lse, scores, pooled, window_reduce="mean", group_reduce="max", pool="max", pool_size=pool_size,
+        qo_head_weights=None, sm_scale=None,
+    )
+    assert [launch.name for launch in launches][:2] == ["_window_lse_kernel", "_window_scores_kernel"]
+    assert len(launches) == (3 if pool_size > 1 else 2)
+    lse_launch, scores_launch = launches[:2]
+    assert lse_launch.kernel is _window_lse_kernel and scores_launch.kernel is _window_scores_kernel
+    exact = dtype == torch.float32
+    for launch in (lse_launch, scores_launch):
+        assert launch.constexprs["EXACT"] == exact and launch.constexprs["HEAD_DIM"] == head_dim
+    rows = num_qo_heads // num_kv_heads * w
+    assert lse_launch.grid == (num_kv_heads, math.ceil(rows / lse_launch.constexprs["BLOCK_M"]))
+    assert scores_launch.grid == (num_kv_heads, math.ceil((n - w) / scores_launch.constexprs["BLOCK_N"]))
+    assert scores_launch.constexprs["GROUP_REDUCE"] == 1 and not scores_launch.constexprs["HAS_WEIGHTS"]
+
+
+def test_window_scores_launches_empty_without_prefix():
+    q_win = torch.empty(4, 20, 64, device="meta")
+    k = torch.empty(2, 20, 64, device="meta")
+    empty = torch.empty(2, 0, device="meta")
+    assert _window_scores_launches(
+        q_win, k, torch.empty(4, 20, device="meta"), empty, empty, window_reduce="mean", group_reduce="mean",
+        pool="max", pool_size=7, qo_head_weights=None, sm_scale=None,
+    ) == []
 
 
 def _pool_explicit(x: torch.Tensor, pool: str, size: int) -> torch.Tensor:
@@ -140,10 +262,15 @@ class _RecordOutputBytes(TorchDispatchMode):
         return out
 
 
-@pytest.mark.parametrize("fn,materialises", [(window_scores, False), (window_scores_ref, True)])
+def _materialised_logits(q_win: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """The positive control: the `[heads, w, n]` logits a naive scorer builds."""
+    return torch.matmul(q_win, k.repeat_interleave(q_win.shape[0] // k.shape[0], dim=0).transpose(1, 2))
+
+
+@pytest.mark.parametrize("fn,materialises", [(window_scores, False), (_materialised_logits, True)])
 def test_window_scores_allocates_no_window_by_prompt_tensor(device, fn, materialises):
     """No op output is as large as an fp32 `[w, n - w]` tensor. The inputs are smaller than that (head_dim 16, one
-    KV head), so the interpreter's byte copies of them pass, while the reference's `[heads, w, n]` logits fail."""
+    KV head), so the interpreter's byte copies of them pass, while naive `[heads, w, n]` logits fail."""
     num_kv_heads, group, head_dim, w, n = 1, 4, 16, 32, 300
     q_win, k = _inputs(num_kv_heads, group, head_dim, w, n, torch.float32, device)
     limit = w * (n - w) * 4
