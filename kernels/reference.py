@@ -2,11 +2,15 @@
 
 Each `<name>_ref` takes the launcher's arguments minus its tuning knobs and does the same thing, readably and
 vectorised (no Python loop over segments or heads). They compute in fp32, or in fp64 when given fp64 inputs, so
-tests can compare a kernel against an fp64 oracle. This module imports no Triton.
+tests can compare a kernel against an fp64 oracle. This module imports no Triton. `window_scores_ref`
+materialises `[heads, w, n]` for readability; the torch backend scores with `window_scores_chunked` (the same
+result a chunk of keys at a time, tested against it).
 
 Layout (see `raggedkv.kernels` for the picture): a segment `s = b * num_kv_heads + h` is one (sequence, KV head);
 it owns rows `kv_indptr[s] .. kv_indptr[s + 1]` of `k_cache`/`v_cache` (`[total_slots, head_dim]`), of which
 the first `kv_lens[s]` are valid. Query head `q` of a sequence reads KV head `q // group_size` (HF head order).
+Like the kernels, every function clamps `kv_lens` to `[0, capacity]` and never touches a row outside its segment
+(or outside the buffer).
 """
 
 from __future__ import annotations

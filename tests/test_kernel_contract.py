@@ -30,7 +30,9 @@ MAX_CAPACITY = 6
 CHUNK = 4  # decode chunk size: an unclamped decode reads at most cdiv(capacity, CHUNK) * CHUNK rows per segment
 TAIL = MAX_CAPACITY + CHUNK  # sentinel rows after the last segment
 INT32_MAX = 2**31 - 1
-CONTRACT_SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+CONTRACT_SETTINGS = settings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 def corrupted_length(capacity: int) -> st.SearchStrategy[int]:
