@@ -1,9 +1,17 @@
 """ragged_decode_attention vs the fp64 reference (and the reference vs SDPA), on sentinel-filled ragged caches.
 
-Half-precision outputs carry one extra rounding, the cast on store: up to one ulp of the output dtype under the
-interpreter, which truncates fp32 -> bf16 instead of rounding to nearest. `output_tolerance` adds that ulp to
-`TOLERANCE`; `test_decode_half_caches_fp32_query` shows the fp32 math itself meets the fp32 limit on fp16/bf16
-caches.
+Tolerances (`decode_tolerance`, relative to max|reference|), from the measured errors in
+`raggedkv.kernels.decode_kernels`:
+- fp32 caches (exact fp32 dots): 1e-5, the fp32 limit.
+- fp16/bf16 caches, q of the same dtype: the logits are fp32-accurate (exact products, fp32 sums) and P is split
+  into two halves (u^2 per weight): measured <= 3.8e-6, limit 1e-5; plus one ulp of the output dtype for the
+  cast on store (the interpreter truncates fp32 -> bf16 instead of rounding to nearest).
+- fp32 q on a half cache (fp32 output, no store rounding): q is split in two halves, leaving 2^-22 (fp16) or
+  2^-16 (bf16) of q in the logits: measured 1.3e-6 / 2.5e-5 under the interpreter, limits 1e-5 / 1e-4. A single
+  cast of P (measured 1.1e-4 on fp16) fails this test, so it guards the P split.
+Coverage of the tensor-core path on the CPU: fp16 runs it under the interpreter as on a GPU; the interpreter's
+bf16 arithmetic is wrong, so bf16 caches there take the same roundings through exact fp32 dots (`UPCAST_DOTS`),
+and the bf16 tensor-core code itself is covered by the ahead-of-time compile (kernel report) and on a GPU.
 """
 
 from __future__ import annotations
@@ -11,7 +19,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from raggedkv.kernels.decode import _pick_block_n, _pick_chunk_size, plan_decode, ragged_decode_attention
+from raggedkv.kernels.decode import (
+    _decode_launches,
+    _pick_block_n,
+    _pick_chunk_size,
+    plan_decode,
+    ragged_decode_attention,
+)
 from raggedkv.kernels.reference import ragged_decode_attention_ref
 
 from tests.ragged_cases import (
@@ -21,11 +35,26 @@ from tests.ragged_cases import (
     expected_output,
     forbid_host_sync,
     make_case,
-    output_tolerance,
     run_decode,
     valid_rows,
 )
 from tests.utils import TOLERANCE, assert_close
+
+HALF_COMPUTE_LIMIT = 1e-5  # fp16/bf16 caches with q of the same dtype (P split): measured <= 3.8e-6
+FP32_QUERY_LIMIT = {torch.float16: 1e-5, torch.bfloat16: 1e-4}  # q split in two halves of the cache dtype
+
+
+def decode_tolerance(cache_dtype: torch.dtype, q_dtype: torch.dtype | None = None) -> float:
+    """Relative error limit of the kernel's output for this cache and query dtype (module docstring)."""
+    q_dtype = q_dtype or cache_dtype
+    if cache_dtype == torch.float32:
+        compute = TOLERANCE[torch.float32]
+    elif q_dtype == torch.float32:
+        compute = FP32_QUERY_LIMIT[cache_dtype]
+    else:
+        compute = HALF_COMPUTE_LIMIT
+    store = 0.0 if q_dtype == torch.float32 else torch.finfo(q_dtype).eps  # one ulp for the cast on store
+    return compute + store
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=dtype_id)
@@ -36,7 +65,7 @@ def test_decode_edge_lengths(device, dtype, head_dim, group):
     q, k_cache, v_cache, plan = make_case(edge_lengths(head_dim), 3, group, head_dim, dtype, device)
     out = run_decode(q, k_cache, v_cache, plan, CHUNK)
     assert out.dtype == dtype
-    assert_close(out, expected_output(q, k_cache, v_cache, plan), output_tolerance(dtype))
+    assert_close(out, expected_output(q, k_cache, v_cache, plan), decode_tolerance(dtype))
 
 
 @pytest.mark.parametrize("batch, num_kv_heads", [(1, 1), (1, 4), (2, 2)])
@@ -45,16 +74,16 @@ def test_decode_batch_shapes(device, batch, num_kv_heads):
     lens = torch.randint(0, 300, (batch * num_kv_heads,)).tolist()
     q, k_cache, v_cache, plan = make_case(lens, batch, 2, 64, torch.float16, device)
     out = run_decode(q, k_cache, v_cache, plan, 64)
-    assert_close(out, expected_output(q, k_cache, v_cache, plan), output_tolerance(torch.float16))
+    assert_close(out, expected_output(q, k_cache, v_cache, plan), decode_tolerance(torch.float16))
 
 
 @pytest.mark.parametrize("cache_dtype", [torch.float16, torch.bfloat16], ids=dtype_id)
 def test_decode_half_caches_fp32_query(device, cache_dtype):
-    """With an fp32 query the output is fp32, so only the kernel's fp32 math is measured: fp32 limit."""
+    """With an fp32 query the output is fp32 (no store rounding): the split q and the split P are measured."""
     q, k_cache, v_cache, plan = make_case(edge_lengths(128), 3, 4, 128, cache_dtype, device, q_dtype=torch.float32)
     out = run_decode(q, k_cache, v_cache, plan, CHUNK)
     assert out.dtype == torch.float32
-    assert_close(out, expected_output(q, k_cache, v_cache, plan), TOLERANCE[torch.float32])
+    assert_close(out, expected_output(q, k_cache, v_cache, plan), decode_tolerance(cache_dtype, torch.float32))
 
 
 def test_decode_chunk_sizes_agree(device):
@@ -76,7 +105,7 @@ def test_decode_default_plan_long_segment(device):
     lens = [1500, 2, 0, 7, 1, 30]
     q, k_cache, v_cache, plan = make_case(lens, 3, 3, 64, torch.float16, device)
     out = ragged_decode_attention(q, k_cache, v_cache, plan.kv_indptr, plan.kv_lens)
-    assert_close(out, expected_output(q, k_cache, v_cache, plan), output_tolerance(torch.float16))
+    assert_close(out, expected_output(q, k_cache, v_cache, plan), decode_tolerance(torch.float16))
 
 
 def test_decode_all_segments_empty(device):
@@ -224,3 +253,84 @@ def test_plan_decode():
         plan_decode([3], chunk_size=0)
     with pytest.raises(ValueError, match="num_sms"):
         plan_decode([3], num_sms=0)
+
+
+NEIGHBOUR = 1e4  # every row a probed segment must not read holds this: one read would dominate the output
+
+
+def _corrupted_case(cache_dtype, index_dtype, device):
+    """Probed segments with corrupted lengths between neighbour segments (and trailing rows) full of NEIGHBOUR.
+
+    Returns q, k_cache, v_cache, kv_indptr, kv_lens and the clamped lengths the output must follow.
+    """
+    huge = 2**31 - 1 if index_dtype == torch.int32 else 2**40
+    # (capacity, kv_lens, probed): over capacity, a neighbour, negative, a neighbour, honest (rows past it hold
+    # NEIGHBOUR), a neighbour, full, and the last segment far over capacity with NEIGHBOUR rows after the buffer's
+    # last segment.
+    layout = [(37, 1000, True), (6, 0, False), (70, -4, True), (3, 0, False), (40, 17, True), (5, 0, False),
+              (33, 33, True), (45, huge, True)]
+    capacities = torch.tensor([cap for cap, _, _ in layout])
+    kv_indptr = torch.zeros(len(layout) + 1, dtype=torch.int64)
+    kv_indptr[1:] = capacities.cumsum(0)
+    lens = torch.tensor([n for _, n, _ in layout], dtype=torch.int64)
+    clamped = torch.minimum(lens.clamp(min=0), capacities)
+    head_dim, group = 64, 2
+    total_slots = int(kv_indptr[-1]) + 9  # trailing rows owned by no segment
+    caches = []
+    for _ in range(2):
+        cache = torch.full((total_slots, head_dim), NEIGHBOUR, dtype=cache_dtype)
+        for s, (_, _, probed) in enumerate(layout):
+            if probed:
+                start = int(kv_indptr[s])
+                cache[start : start + int(clamped[s])] = torch.randn(int(clamped[s]), head_dim).to(cache_dtype)
+        caches.append(cache.to(device))
+    q = torch.randn(2, len(layout) // 2 * group, head_dim, device=device).to(cache_dtype)
+    return (q, *caches, kv_indptr.to(device, index_dtype), lens.to(device, index_dtype),
+            clamped.to(device, index_dtype))
+
+
+@pytest.mark.parametrize(
+    "cache_dtype, index_dtype",
+    [(torch.float32, torch.int64), (torch.float16, torch.int32), (torch.bfloat16, torch.int64)],
+    ids=dtype_id,
+)
+def test_decode_corrupted_lengths_never_read_outside_the_segment(device, cache_dtype, index_dtype):
+    """Lengths below 0 or above capacity act as clamped to [0, capacity] (no host sync); a neighbour's rows and the
+    rows past the last segment are never read, with one chunk (direct output) or many (combine)."""
+    q, k_cache, v_cache, kv_indptr, kv_lens, clamped = _corrupted_case(cache_dtype, index_dtype, device)
+    expected = ragged_decode_attention_ref(q.double(), k_cache.double(), v_cache.double(), kv_indptr, clamped)
+    capacities = kv_indptr[1:] - kv_indptr[:-1]
+    for chunk_size in (16, 4096):
+        chunk_size, max_chunks = plan_decode(capacities, chunk_size=chunk_size)
+        with forbid_host_sync():
+            out = ragged_decode_attention(q, k_cache, v_cache, kv_indptr, kv_lens, chunk_size=chunk_size,
+                                          max_chunks=max_chunks)
+        assert out.abs().max() < 100, f"chunk_size={chunk_size}: a row holding {NEIGHBOUR} was read"
+        assert_close(out, expected, decode_tolerance(cache_dtype), f"chunk_size={chunk_size}")
+    assert torch.all(out.view(2, 4, 2, -1)[0, 2] == 0), "segment 2 (negative length) must give zeros"
+
+
+def _meta_launches(cache_dtype, max_chunks, device="meta"):
+    q = torch.empty(2, 32, 128, dtype=torch.bfloat16, device=device)
+    k_cache = torch.empty(4096, 128, dtype=cache_dtype, device=device)
+    kv_indptr = torch.empty(17, dtype=torch.int64, device=device)
+    kv_lens = torch.empty(16, dtype=torch.int32, device=device)
+    return _decode_launches(q, k_cache, k_cache, kv_indptr, kv_lens, torch.empty_like(q), sm_scale=None,
+                            chunk_size=256, max_chunks=max_chunks)
+
+
+def test_decode_launches_are_described_without_a_device():
+    """`_decode_launches` runs on meta tensors (what the kernel report compiles) and gives the shipped configs."""
+    stage1, combine = _meta_launches(torch.bfloat16, max_chunks=4)
+    assert (stage1.name, combine.name) == ("_decode_stage1_kernel", "_decode_combine_kernel")
+    assert stage1.grid == (16, 4) and combine.grid == (16,)
+    assert (stage1.constexprs["BLOCK_N"], stage1.num_warps, stage1.num_stages) == (32, 4, 2)
+    assert stage1.constexprs["UPCAST_DOTS"] is False  # the GPU compiles the tensor-core dots
+    assert stage1.args[5].shape == (16, 4, 4, 128) and stage1.args[6].shape == (16, 4, 4)  # fp32 partials
+    (direct,) = _meta_launches(torch.bfloat16, max_chunks=1)
+    assert direct.constexprs["DIRECT_OUT"] is True
+    (exact, _) = _meta_launches(torch.float32, max_chunks=2)
+    assert exact.constexprs["UPCAST_DOTS"] is True and exact.num_warps == 8
+    # On CPU tensors (the interpreter) bf16 dots go through fp32; fp16 keeps the tensor-core path.
+    assert _meta_launches(torch.bfloat16, 2, device="cpu")[0].constexprs["UPCAST_DOTS"] is True
+    assert _meta_launches(torch.float16, 2, device="cpu")[0].constexprs["UPCAST_DOTS"] is False
