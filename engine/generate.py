@@ -1,81 +1,27 @@
 """`Engine`: compressed generation for Hugging Face Llama and Mistral models on the ragged cache.
 
-Shape of a call (gpt-fast style): `prefill` runs each prompt alone with full attention and compresses it, layer by
-layer, into one `RaggedKVCache` for the batch; then `generate_ids` decodes all sequences together, one token per
-step, with `_decode_one_token` (one `append_kv` and one `ragged_decode_attention` per layer, whatever the batch and
-head counts; explicit positions; sizes fixed before the first step, so a step allocates nothing that depends on the
-data and, on the Triton backend, reads nothing back from the device). `sweep` puts several compressions of one
-prompt into one batch: the prompt is prefilled once and each layer is compressed once per (method, kv_size).
+The API half of generation: loading, argument checks, prompts to token ids and token ids to `GenerationResult`s.
+The model-facing half (prefill, the decode step and the decode loop) is `runner.ModelRunner`. `sweep` puts several
+compressions of one prompt into one batch: the prompt is prefilled once and each layer is compressed once per
+(method, kv_size).
 """
 
 from __future__ import annotations
 
 import os
-import sys
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from .backend import Backend, get_backend
-from .cache import KVMemory, RaggedKVCache
 from .checks import check_kv_size, check_prompt_ids, check_sampling, check_text_prompts
-from .compress import SequenceCompressor, plan_budgets
 from .default_model import DEFAULT_MODEL, resolve_model
-from .hf import RaggedHFCache, check_model_type, model_shape, ragged_attention_enabled
+from .hf import check_model_type
 from .methods import Method, get_method
+from .models import load_model
 from .outputs import GenerationResult, GenerationStats
-from .sampling import sample
-
-EOS_CHECK_EVERY_CUDA = 16  # on CUDA, read "all sequences finished?" back every this many steps, not every step
-LONG_PROMPT = 8192  # prefill of prompts this long prints a progress message
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One sequence of a prefilled batch: which prompt it holds, and how that prompt was compressed.
-
-    prompt: index of the prompt in the batch's prompt list (several variants may share one prompt).
-    """
-
-    prompt: int
-    method: Method
-    kv_size: int | None
-
-
-@dataclass
-class Prefilled:
-    """The state after `Engine.prefill`: the batch's cache and each sequence's last-position logits.
-
-    One sequence per variant. logits: `[batch, vocab]`. kept: int64 `[batch, num_layers, num_kv_heads]` tokens
-    kept per head. memory: bytes right after prefill. prompt_lens, prefill_seconds: per sequence (a prompt shared
-    by several variants was prefilled once: they report the same seconds).
-    """
-
-    cache: RaggedKVCache
-    hf_cache: RaggedHFCache
-    variants: list[Variant]
-    prompt_lens: list[int]
-    logits: torch.Tensor
-    kept: torch.Tensor
-    memory: KVMemory
-    prefill_seconds: list[float]
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _eos_ids(model: PreTrainedModel) -> list[int]:
-    eos = getattr(model.generation_config, "eos_token_id", None)
-    if eos is None:
-        eos = getattr(model.config, "eos_token_id", None)
-    if eos is None:
-        return []
-    return [eos] if isinstance(eos, int) else list(eos)
+from .runner import Decoded, ModelRunner, Prefilled, SamplingParams, Variant
 
 
 class Engine:
@@ -85,9 +31,8 @@ class Engine:
         self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, method: Method, backend: Backend
     ) -> None:
         self.model, self.tokenizer, self.method, self.backend = model, tokenizer, method, backend
-        self.shape = model_shape(model.config)
-        self.device = next(model.parameters()).device
-        self.eos_ids = _eos_ids(model)
+        self.runner = ModelRunner(model, backend)
+        self.shape, self.device, self.eos_ids = self.runner.shape, self.runner.device, self.runner.eos_ids
 
     @classmethod
     def from_pretrained(
@@ -105,7 +50,8 @@ class Engine:
         Args:
             method: a method name (see `raggedkv.engine.methods.METHODS`) or a `Method` instance.
             head_scores: head-importance scores for the methods that take them (passed through when not None).
-            device: default CUDA when available, else CPU. dtype: default bfloat16 on CUDA, float32 on CPU.
+            device, dtype: as `raggedkv.engine.models.load_model` takes them (default CUDA when available, else
+                CPU; bfloat16 on CUDA, float32 elsewhere).
             backend: ``"auto"``, ``"torch"``, ``"triton"`` or a `Backend`.
             method_params: the method's own parameters (e.g. ``window=8``).
 
@@ -115,15 +61,7 @@ class Engine:
         """
         path = resolve_model(model)
         check_model_type(AutoConfig.from_pretrained(path))
-        device = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
-        if dtype is None:
-            dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        if isinstance(dtype, str):
-            dtype = getattr(torch, dtype, None)
-        if dtype not in (torch.float32, torch.float16, torch.bfloat16):
-            raise ValueError(f"dtype must be float32, float16 or bfloat16 (a torch.dtype or its name), got {dtype!r}")
-        hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        hf_model, tokenizer = load_model(path, device, dtype)
         return cls.from_model(hf_model, tokenizer, method, head_scores=head_scores, backend=backend, **method_params)
 
     @classmethod
@@ -210,7 +148,7 @@ class Engine:
         check_kv_size(kv_size, self.method.scoring.window)
         prompts = check_prompt_ids(prompt_ids, self.model.config, max_new_tokens)
         variants = [Variant(i, self.method, kv_size) for i in range(len(prompts))]
-        return self._generate(prompts, variants, max_new_tokens, temperature, top_p, seed)
+        return self._generate(prompts, variants, SamplingParams(max_new_tokens, temperature, top_p, seed))
 
     @torch.inference_mode()
     def sweep(
@@ -260,27 +198,14 @@ class Engine:
             (prompt,) = check_text_prompts(prompt)
             prompt = self.encode(prompt, chat_template=chat_template)
         prompts = check_prompt_ids([prompt], self.model.config, max_new_tokens)
-        return self._generate(prompts, rows, max_new_tokens, temperature, top_p, seed)
+        return self._generate(prompts, rows, SamplingParams(max_new_tokens, temperature, top_p, seed))
 
     def _generate(
-        self,
-        prompts: list[list[int]],
-        variants: list[Variant],
-        max_new_tokens: int,
-        temperature: float,
-        top_p: float,
-        seed: int | None,
+        self, prompts: list[list[int]], variants: list[Variant], sampling: SamplingParams
     ) -> list[GenerationResult]:
         """Prefill `variants` of checked `prompts`, decode them together, and return one result per variant."""
-        generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
-        with ragged_attention_enabled(self.model):
-            state = self._prefill(prompts, variants, max_new_tokens)
-            first = sample(state.logits, temperature, top_p, generator)
-            start = time.perf_counter()
-            tokens, steps = self._decode_loop(state, first, max_new_tokens, temperature, top_p, generator)
-            _synchronize(self.device)
-            decode_seconds = time.perf_counter() - start
-        return self._results(state, tokens.tolist(), steps, decode_seconds)
+        state, decoded = self.runner.run(prompts, variants, sampling)
+        return self._results(state, decoded)
 
     @torch.inference_mode()
     def prefill(
@@ -292,91 +217,12 @@ class Engine:
         """
         check_kv_size(kv_size, self.method.scoring.window)
         prompts = check_prompt_ids(prompt_ids, self.model.config, max_new_tokens)
-        return self._prefill(prompts, [Variant(i, self.method, kv_size) for i in range(len(prompts))], max_new_tokens)
+        variants = [Variant(i, self.method, kv_size) for i in range(len(prompts))]
+        return self.runner.prefill(prompts, variants, max_new_tokens)
 
-    def _prefill(self, prompts: list[list[int]], variants: list[Variant], max_new_tokens: int) -> Prefilled:
-        """Run each prompt once with full attention; after every layer, each variant of that prompt compresses the
-        layer into its own sequence of the batch's cache (arguments already checked)."""
-        lens = [len(prompts[v.prompt]) for v in variants]
-        plans = [plan_budgets(v.method, self.shape, n, v.kv_size) for v, n in zip(variants, lens)]
-        cache = RaggedKVCache(
-            torch.stack([plan.sum(dim=1) for plan in plans], dim=1),
-            lens,
-            num_kv_heads=self.shape.num_kv_heads,
-            head_dim=self.shape.head_dim,
-            headroom=max_new_tokens - 1,
-            dtype=self.model.dtype,
-            device=self.device,
-            backend=self.backend,
-        )
-        hf_cache = RaggedHFCache(cache)
-        compressors = [SequenceCompressor(v.method, plan, cache, seq)
-                       for seq, (v, plan) in enumerate(zip(variants, plans))]
-        logits, seconds = [None] * len(variants), [0.0] * len(variants)
-        with ragged_attention_enabled(self.model):
-            for index, ids in enumerate(prompts):
-                rows = [seq for seq, v in enumerate(variants) if v.prompt == index]
-                if len(ids) >= LONG_PROMPT:
-                    print(f"raggedkv: prefilling prompt {index} ({len(ids)} tokens)...", file=sys.stderr, flush=True)
-                start = time.perf_counter()
-                with hf_cache.prefilling(_fan_out([compressors[seq] for seq in rows])):
-                    out = self.model(
-                        input_ids=torch.tensor([ids], device=self.device),
-                        position_ids=torch.arange(len(ids), device=self.device)[None],
-                        past_key_values=hf_cache,
-                        use_cache=True,
-                        ragged_cache=hf_cache,
-                        logits_to_keep=1,
-                    )
-                _synchronize(self.device)
-                for seq in rows:
-                    logits[seq], seconds[seq] = out.logits[0, -1], time.perf_counter() - start
-        hf_cache.plan_decode()
-        kept = torch.stack([compressor.kept for compressor in compressors])
-        return Prefilled(cache, hf_cache, variants, lens, torch.stack(logits), kept, cache.memory(), seconds)
-
-    def _decode_one_token(self, hf_cache: RaggedHFCache, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """One decode step for the whole batch: `tokens`, `positions` int64 `[batch, 1]` -> logits `[batch, vocab]`."""
-        out = self.model(
-            input_ids=tokens, position_ids=positions, past_key_values=hf_cache, use_cache=True, ragged_cache=hf_cache
-        )
-        return out.logits[:, -1]
-
-    def _decode_loop(
-        self,
-        state: Prefilled,
-        first: torch.Tensor,
-        max_new_tokens: int,
-        temperature: float,
-        top_p: float,
-        generator: torch.Generator | None,
-    ) -> tuple[torch.Tensor, int]:
-        """Decode until every sequence has produced an end token or `max_new_tokens` tokens.
-
-        Returns:
-            int64 `[batch, 1 + steps]` tokens (including those sampled after a sequence ended), and `steps`.
-        """
-        batch = first.shape[0]
-        tokens = torch.empty(batch, max_new_tokens, dtype=torch.int64, device=self.device)
-        tokens[:, 0] = first
-        eos = torch.tensor(self.eos_ids, dtype=torch.int64, device=self.device)
-        finished = torch.isin(first, eos)
-        positions = torch.tensor(state.prompt_lens, dtype=torch.int64, device=self.device)[:, None]
-        check_every = EOS_CHECK_EVERY_CUDA if self.device.type == "cuda" else 1
-        steps = 0
-        for step in range(1, max_new_tokens):
-            if (step - 1) % check_every == 0 and bool(finished.all()):
-                break
-            logits = self._decode_one_token(state.hf_cache, tokens[:, step - 1 : step], positions)
-            tokens[:, step] = sample(logits, temperature, top_p, generator)
-            finished |= torch.isin(tokens[:, step], eos)
-            positions += 1
-            steps = step
-        return tokens[:, : steps + 1], steps
-
-    def _results(
-        self, state: Prefilled, tokens: list[list[int]], steps: int, decode_seconds: float
-    ) -> list[GenerationResult]:
+    def _results(self, state: Prefilled, decoded: Decoded) -> list[GenerationResult]:
+        """One `GenerationResult` per sequence: its tokens up to the first end token, decoded, and its stats."""
+        tokens, steps, decode_seconds = decoded.tokens.tolist(), decoded.steps, decoded.seconds
         batch = len(tokens)
         memory = state.memory
         results = []
@@ -406,13 +252,3 @@ class Engine:
             text = self.tokenizer.decode(ids, skip_special_tokens=True) if self.tokenizer is not None else ""
             results.append(GenerationResult(text, ids, "eos" if stop is not None else "length", stats))
         return results
-
-
-def _fan_out(compressors: list[SequenceCompressor]):
-    """One prefill hook that hands each layer's query/key/value to every compressor of the prompt."""
-
-    def hook(layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, sm_scale: float) -> None:
-        for compressor in compressors:
-            compressor(layer, query, key, value, sm_scale)
-
-    return hook

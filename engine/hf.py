@@ -6,11 +6,12 @@ No modeling file is copied or patched. Two extension points carry everything:
   attention calls `update(k, v, layer_idx)` with post-RoPE keys. During a prefill it returns them unchanged (the
   prompt attends to itself in full); during decode it appends them to the ragged cache (`append_kv`) and returns
   the layer's packed buffers;
-* an attention function registered with `AttentionInterface` under the name ``"raggedkv"`` and selected for the
-  duration of an engine call (`ragged_attention`): prefill runs transformers' own SDPA attention, then compresses
-  the layer into the ragged cache (`RaggedHFCache.prefill_hook`); decode runs `ragged_decode_attention` over the
-  packed segments. HF does not pass `past_key_values` to attention functions, so the engine passes the same cache
-  object again as the `ragged_cache` keyword, which transformers forwards to every attention call.
+* an attention function registered with `AttentionInterface` under the name ``"raggedkv"`` (`ragged_attention`)
+  and selected for the duration of an engine call (`models.attention_implementation`): prefill runs transformers'
+  own SDPA attention, then compresses the layer into the ragged cache (`RaggedHFCache.prefill_hook`); decode runs
+  `ragged_decode_attention` over the packed segments. HF does not pass `past_key_values` to attention functions,
+  so the engine passes the same cache object again as the `ragged_cache` keyword, which transformers forwards to
+  every attention call.
 
 ``"raggedkv"`` has no entry in `AttentionMaskInterface`, so transformers builds no attention mask for it (prefill is
 one unpadded sequence, causal; decode needs none).
@@ -25,12 +26,11 @@ from contextlib import contextmanager
 import torch
 import transformers
 from packaging.version import Version
-from transformers import AttentionInterface, Cache, PreTrainedModel
+from transformers import AttentionInterface, Cache
 from transformers.cache_utils import CacheLayerMixin
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .cache import RaggedKVCache
-from .methods import ModelShape
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral")
 ATTENTION_NAME = "raggedkv"
@@ -61,17 +61,6 @@ def check_model_type(config: transformers.PretrainedConfig) -> None:
         raise ValueError(
             f"model type {model_type!r} is not supported; supported model types: {list(SUPPORTED_MODEL_TYPES)}"
         )
-
-
-def model_shape(config: transformers.PretrainedConfig) -> ModelShape:
-    """The attention shape the methods plan with."""
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    return ModelShape(
-        num_layers=config.num_hidden_layers,
-        num_qo_heads=config.num_attention_heads,
-        num_kv_heads=config.num_key_value_heads,
-        head_dim=head_dim,
-    )
 
 
 class RaggedLayer(CacheLayerMixin):
@@ -186,14 +175,3 @@ def ragged_attention(
 
 
 AttentionInterface.register(ATTENTION_NAME, ragged_attention)
-
-
-@contextmanager
-def ragged_attention_enabled(model: PreTrainedModel) -> Iterator[None]:
-    """Select the ``"raggedkv"`` attention implementation, restoring the model's own one on exit."""
-    previous = model.config._attn_implementation
-    model.set_attn_implementation(ATTENTION_NAME)
-    try:
-        yield
-    finally:
-        model.set_attn_implementation(previous)

@@ -1,0 +1,195 @@
+"""`ModelRunner`: the model-facing half of generation, prefill, the decode step and the decode loop.
+
+Shape of a run (gpt-fast style): `prefill` runs each prompt alone with full attention and compresses it, layer by
+layer, into one `RaggedKVCache` for the batch (several variants of one prompt share its single prefill); then
+`decode` advances all sequences together, one token per step, with `decode_step` (one `append_kv` and one
+`ragged_decode_attention` per layer, whatever the batch and head counts; explicit positions; sizes fixed before the
+first step, so a step allocates nothing that depends on the data and, on the Triton backend, reads nothing back
+from the device). Argument checks and turning tokens into results belong to the `Engine` API (`generate.py`).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel
+
+from .backend import Backend
+from .cache import KVMemory, RaggedKVCache
+from .compress import SequenceCompressor, plan_budgets
+from .hf import ATTENTION_NAME, RaggedHFCache
+from .methods import Method
+from .models import attention_implementation, eos_token_ids, model_shape
+from .sampling import sample
+
+EOS_CHECK_EVERY_CUDA = 16  # on CUDA, read "all sequences finished?" back every this many steps, not every step
+LONG_PROMPT = 8192  # prefill of prompts this long prints a progress message
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How a run picks tokens: at most `max_new_tokens` (>= 1) per sequence; `temperature` 0 = greedy, otherwise
+    sampling with `top_p` nucleus filtering; `seed` (or None) seeds the sampling generator. Checked by the caller."""
+
+    max_new_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One sequence of a prefilled batch: which prompt it holds, and how that prompt was compressed.
+
+    prompt: index of the prompt in the batch's prompt list (several variants may share one prompt).
+    """
+
+    prompt: int
+    method: Method
+    kv_size: int | None
+
+
+@dataclass
+class Prefilled:
+    """The state after a prefill: the batch's cache and each sequence's last-position logits.
+
+    One sequence per variant. logits: `[batch, vocab]`. kept: int64 `[batch, num_layers, num_kv_heads]` tokens
+    kept per head. memory: bytes right after prefill. prompt_lens, prefill_seconds: per sequence (a prompt shared
+    by several variants was prefilled once: they report the same seconds).
+    """
+
+    cache: RaggedKVCache
+    hf_cache: RaggedHFCache
+    variants: list[Variant]
+    prompt_lens: list[int]
+    logits: torch.Tensor
+    kept: torch.Tensor
+    memory: KVMemory
+    prefill_seconds: list[float]
+
+
+@dataclass
+class Decoded:
+    """The decode loop's output: int64 `[batch, 1 + steps]` tokens (the first sampled from the prefill logits,
+    including those sampled after a sequence ended), the number of decode `steps` and their wall-clock `seconds`."""
+
+    tokens: torch.Tensor
+    steps: int
+    seconds: float
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA only), so host timers measure it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class ModelRunner:
+    """Runs one transformers model on the ragged cache with one kernel `backend` (arguments already checked)."""
+
+    def __init__(self, model: PreTrainedModel, backend: Backend) -> None:
+        self.model, self.backend = model, backend
+        self.shape = model_shape(model.config)
+        self.device = next(model.parameters()).device
+        self.eos_ids = eos_token_ids(model)
+
+    def run(
+        self, prompts: list[list[int]], variants: list[Variant], sampling: SamplingParams
+    ) -> tuple[Prefilled, Decoded]:
+        """Prefill `variants` of `prompts`, then decode them together."""
+        generator = None
+        if sampling.seed is not None:
+            generator = torch.Generator(device=self.device).manual_seed(sampling.seed)
+        with attention_implementation(self.model, ATTENTION_NAME):
+            state = self.prefill(prompts, variants, sampling.max_new_tokens)
+            first = sample(state.logits, sampling.temperature, sampling.top_p, generator)
+            return state, self.decode(state, first, sampling, generator)
+
+    def prefill(self, prompts: list[list[int]], variants: list[Variant], max_new_tokens: int) -> Prefilled:
+        """Run each prompt once with full attention; after every layer, each variant of that prompt compresses the
+        layer into its own sequence of the batch's cache.
+
+        The cache reserves `max_new_tokens - 1` rows of decode headroom per segment (the last token is never fed).
+        """
+        lens = [len(prompts[v.prompt]) for v in variants]
+        plans = [plan_budgets(v.method, self.shape, n, v.kv_size) for v, n in zip(variants, lens)]
+        cache = RaggedKVCache(
+            torch.stack([plan.sum(dim=1) for plan in plans], dim=1),
+            lens,
+            num_kv_heads=self.shape.num_kv_heads,
+            head_dim=self.shape.head_dim,
+            headroom=max_new_tokens - 1,
+            dtype=self.model.dtype,
+            device=self.device,
+            backend=self.backend,
+        )
+        hf_cache = RaggedHFCache(cache)
+        compressors = [SequenceCompressor(v.method, plan, cache, seq)
+                       for seq, (v, plan) in enumerate(zip(variants, plans))]
+        logits, seconds = [None] * len(variants), [0.0] * len(variants)
+        with attention_implementation(self.model, ATTENTION_NAME):
+            for index, ids in enumerate(prompts):
+                rows = [seq for seq, v in enumerate(variants) if v.prompt == index]
+                if len(ids) >= LONG_PROMPT:
+                    print(f"raggedkv: prefilling prompt {index} ({len(ids)} tokens)...", file=sys.stderr, flush=True)
+                start = time.perf_counter()
+                with hf_cache.prefilling(_fan_out([compressors[seq] for seq in rows])):
+                    out = self.model(
+                        input_ids=torch.tensor([ids], device=self.device),
+                        position_ids=torch.arange(len(ids), device=self.device)[None],
+                        past_key_values=hf_cache,
+                        use_cache=True,
+                        ragged_cache=hf_cache,
+                        logits_to_keep=1,
+                    )
+                synchronize(self.device)
+                for seq in rows:
+                    logits[seq], seconds[seq] = out.logits[0, -1], time.perf_counter() - start
+        hf_cache.plan_decode()
+        kept = torch.stack([compressor.kept for compressor in compressors])
+        return Prefilled(cache, hf_cache, variants, lens, torch.stack(logits), kept, cache.memory(), seconds)
+
+    def decode_step(self, hf_cache: RaggedHFCache, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """One decode step for the whole batch: `tokens`, `positions` int64 `[batch, 1]` -> logits `[batch, vocab]`."""
+        out = self.model(
+            input_ids=tokens, position_ids=positions, past_key_values=hf_cache, use_cache=True, ragged_cache=hf_cache
+        )
+        return out.logits[:, -1]
+
+    def decode(
+        self, state: Prefilled, first: torch.Tensor, sampling: SamplingParams, generator: torch.Generator | None
+    ) -> Decoded:
+        """Decode from the int64 `[batch]` `first` tokens until every sequence has produced an end token or
+        `sampling.max_new_tokens` tokens (the ragged attention implementation must be selected)."""
+        start = time.perf_counter()
+        batch, max_new_tokens = first.shape[0], sampling.max_new_tokens
+        tokens = torch.empty(batch, max_new_tokens, dtype=torch.int64, device=self.device)
+        tokens[:, 0] = first
+        eos = torch.tensor(self.eos_ids, dtype=torch.int64, device=self.device)
+        finished = torch.isin(first, eos)
+        positions = torch.tensor(state.prompt_lens, dtype=torch.int64, device=self.device)[:, None]
+        check_every = EOS_CHECK_EVERY_CUDA if self.device.type == "cuda" else 1
+        steps = 0
+        for step in range(1, max_new_tokens):
+            if (step - 1) % check_every == 0 and bool(finished.all()):
+                break
+            logits = self.decode_step(state.hf_cache, tokens[:, step - 1 : step], positions)
+            tokens[:, step] = sample(logits, sampling.temperature, sampling.top_p, generator)
+            finished |= torch.isin(tokens[:, step], eos)
+            positions += 1
+            steps = step
+        synchronize(self.device)
+        return Decoded(tokens[:, : steps + 1], steps, time.perf_counter() - start)
+
+
+def _fan_out(compressors: list[SequenceCompressor]):
+    """One prefill hook that hands each layer's query/key/value to every compressor of the prompt."""
+
+    def hook(layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, sm_scale: float) -> None:
+        for compressor in compressors:
+            compressor(layer, query, key, value, sm_scale)
+
+    return hook
