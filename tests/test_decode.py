@@ -225,7 +225,8 @@ def test_decode_bad_arguments_are_named(device, name):
 
 def test_pick_chunk_size():
     assert _pick_chunk_size([], 2) == 256
-    assert _pick_chunk_size([100] * 4, 1) == 256  # 4 programs either way: no smaller chunk pays
+    assert _pick_chunk_size([100] * 4, 1) == 256  # 4 programs: two waves of one SM already
+    assert _pick_chunk_size([50] * 4, 132) == 256  # under two waves, but halving adds no program
     assert _pick_chunk_size([10_000], 2) == 2048  # rule 1: cdiv(10000, 1024) = 10 > 4 * 2 programs
     assert _pick_chunk_size([10_000, 300] * 60, 132) == 2048  # rule 1: 360 programs, over two waves already
     # Rule 2, the compressed batch-1 case: 8 KV heads of 2304 rows on 132 SMs, 72 programs at 256
