@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .backend import BACKEND_NAMES
 from .default_model import DEFAULT_MODEL
-
-if TYPE_CHECKING:
-    from .outputs import GenerationResult, GenerationStats
-
-MIB = 1024 * 1024
+from .outputs import format_stats, result_json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -64,35 +58,3 @@ def run_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo as demo
 
     return 0 if demo(method=args.method, kv_size=args.kv_size).correct else 1
-
-
-def result_json(result: GenerationResult) -> dict:
-    """A JSON-ready dict of a result: text, token ids, finish reason and every stat."""
-    out = dataclasses.asdict(result)
-    out["stats"]["kv_fraction_kept"] = result.stats.kv_fraction_kept
-    return out
-
-
-def format_kv_memory(stats: GenerationStats) -> str:
-    """`0.21 MiB of 3.52 MiB (5.9%)`: KV bytes kept vs a full cache of the same prompt."""
-    return (f"{stats.kv_bytes_kept / MIB:.2f} MiB of {stats.kv_bytes_full / MIB:.2f} MiB "
-            f"({100 * stats.kv_fraction_kept:.1f}%)")
-
-
-def format_stats(result: GenerationResult) -> str:
-    """A short fixed-width table of one result's stats."""
-    stats = result.stats
-    kept = [k for layer in stats.kept_tokens for k in layer]
-    budget = "none (keep all)" if stats.kv_size is None else str(stats.kv_size)
-    rows = [
-        ("prompt tokens", f"{stats.prompt_tokens}"),
-        ("new tokens", f"{stats.new_tokens} ({result.finish_reason})"),
-        ("method", f"{stats.method}, kv_size {budget}, compression {'on' if stats.compressed else 'off'}"),
-        ("kept per head", f"mean {sum(kept) / len(kept):.1f}, min {min(kept)}, max {max(kept)} tokens"),
-        ("KV cache kept", format_kv_memory(stats)),
-        ("backend", f"{stats.backend} on {stats.device}"),
-        ("prefill", f"{stats.prefill_seconds:.2f} s"),
-        ("decode", f"{stats.decode_seconds:.2f} s, {stats.decode_tokens_per_s:.1f} tokens/s"),
-    ]
-    width = max(len(name) for name, _ in rows)
-    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)

@@ -12,11 +12,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .commands import format_kv_memory, format_stats
 from .default_model import DEFAULT_MODEL
 from .eval.haystack import fit_haystack
 from .generate import Engine
-from .outputs import GenerationResult
+from .outputs import GenerationResult, format_kv_memory, format_stats
 
 PROMPT_TOKENS = 2048
 MAX_NEW_TOKENS = 32

@@ -1,8 +1,12 @@
-"""What a generation returns: the text and token ids of each sequence, and what its cache kept and cost."""
+"""What a generation returns: the text and token ids of each sequence, and what its cache kept and cost; and how
+a result is shown (JSON, a stats table)."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+
+MIB = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -49,3 +53,35 @@ class GenerationResult:
     token_ids: list[int]
     finish_reason: str  # "eos" or "length"
     stats: GenerationStats
+
+
+def result_json(result: GenerationResult) -> dict:
+    """A JSON-ready dict of a result: text, token ids, finish reason and every stat."""
+    out = dataclasses.asdict(result)
+    out["stats"]["kv_fraction_kept"] = result.stats.kv_fraction_kept
+    return out
+
+
+def format_kv_memory(stats: GenerationStats) -> str:
+    """`0.21 MiB of 3.52 MiB (5.9%)`: KV bytes kept vs a full cache of the same prompt."""
+    return (f"{stats.kv_bytes_kept / MIB:.2f} MiB of {stats.kv_bytes_full / MIB:.2f} MiB "
+            f"({100 * stats.kv_fraction_kept:.1f}%)")
+
+
+def format_stats(result: GenerationResult) -> str:
+    """A short fixed-width table of one result's stats."""
+    stats = result.stats
+    kept = [k for layer in stats.kept_tokens for k in layer]
+    budget = "none (keep all)" if stats.kv_size is None else str(stats.kv_size)
+    rows = [
+        ("prompt tokens", f"{stats.prompt_tokens}"),
+        ("new tokens", f"{stats.new_tokens} ({result.finish_reason})"),
+        ("method", f"{stats.method}, kv_size {budget}, compression {'on' if stats.compressed else 'off'}"),
+        ("kept per head", f"mean {sum(kept) / len(kept):.1f}, min {min(kept)}, max {max(kept)} tokens"),
+        ("KV cache kept", format_kv_memory(stats)),
+        ("backend", f"{stats.backend} on {stats.device}"),
+        ("prefill", f"{stats.prefill_seconds:.2f} s"),
+        ("decode", f"{stats.decode_seconds:.2f} s, {stats.decode_tokens_per_s:.1f} tokens/s"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)

@@ -15,6 +15,7 @@ from raggedkv.engine.heads.run import RunSettings, read_trial_log, run_grid
 from raggedkv.engine.heads.trace import greedy_trace
 from raggedkv.engine.methods.base import ModelShape
 from raggedkv.engine.methods.head_scores import load_head_scores
+from raggedkv.engine.models import load_model
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -47,7 +48,7 @@ def tiny_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny(tiny_dir):
-    return commands.load_model(str(tiny_dir), "cpu")
+    return load_model(str(tiny_dir), "cpu")
 
 
 def strip_timing(records):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import raggedkv.engine
 import torch
-from raggedkv.engine.heads.commands import load_model
+from raggedkv.engine.models import load_model
 from raggedkv.engine.heads.needles import needles_for
 from raggedkv.engine.heads.output import DIGITS, mean_table, summarize
 from raggedkv.engine.heads.run import KINDS

@@ -8,8 +8,9 @@ import json
 import pytest
 import torch
 from raggedkv.engine.methods import get_method
-from raggedkv.engine.methods.calibrate import calibrate_layers, model_shape, prompt_errors
+from raggedkv.engine.methods.calibrate import calibrate_layers, prompt_errors
 from raggedkv.engine.methods.commands import register
+from raggedkv.engine.models import model_shape
 from raggedkv.kernels.reference import window_scores_ref
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb

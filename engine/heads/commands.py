@@ -14,10 +14,11 @@ from pathlib import Path
 
 import torch
 
+from ..default_model import DEFAULT_MODEL
 from ..methods import METHODS
 from ..methods.head_scores import HEAD_SCORE_KINDS, kinds_read_by
+from ..models import load_model
 
-DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_LENGTHS = (500, 1000, 1500, 2000)  # the grid of the shipped SmolLM2 files
 DEFAULT_DEPTHS = (0, 25, 50, 75, 100)
 DESCRIPTION = """Estimate every query head's importance with needle-in-a-haystack runs on the model.
@@ -52,19 +53,6 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run_score_heads)
     return parser
-
-
-def load_model(name: str, device: str):
-    """(model, tokenizer): the default model (converted once from its GGUF file) or a local HF folder.
-    fp32 on the CPU, bf16 on CUDA."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from ..default_model import resolve_model
-
-    path = resolve_model(name)
-    dtype = torch.float32 if torch.device(device).type == "cpu" else torch.bfloat16
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
-    return model, AutoTokenizer.from_pretrained(path)
 
 
 def canonical_command(args: argparse.Namespace) -> str:

@@ -10,12 +10,13 @@ generated token has its attention recorded too (as in the published detection sc
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from transformers import AttentionInterface, DynamicCache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+from ..models import attention_implementation
 
 TRACE_ATTENTION = "raggedkv_head_trace"
 
@@ -49,16 +50,6 @@ def _trace_attention(module, query, key, value, attention_mask, scaling, dropout
 AttentionInterface.register(TRACE_ATTENTION, _trace_attention)
 
 
-@contextmanager
-def _attention_implementation(model, name: str) -> Iterator[None]:
-    previous = model.config._attn_implementation
-    model.set_attn_implementation(name)
-    try:
-        yield
-    finally:
-        model.set_attn_implementation(previous)
-
-
 @torch.inference_mode()
 def greedy_trace(model, prompt_ids: Sequence[int], max_new_tokens: int,
                  stop: Callable[[int], bool]) -> Iterator[Step]:
@@ -75,7 +66,7 @@ def greedy_trace(model, prompt_ids: Sequence[int], max_new_tokens: int,
     num_layers = model.config.num_hidden_layers
     ids = torch.tensor([list(prompt_ids)], device=model.device)
     cache = DynamicCache(config=model.config)
-    with _attention_implementation(model, TRACE_ATTENTION):
+    with attention_implementation(model, TRACE_ATTENTION):
         if ids.shape[1] > 1:
             model(input_ids=ids[:, :-1], past_key_values=cache, use_cache=True, logits_to_keep=1)
         token = ids[:, -1:]

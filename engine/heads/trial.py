@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..models import eos_token_ids
 from .acceptance import accepted, answer_metric
 from .needles import Needle
 from .prompt import build_trial_prompt
@@ -31,11 +32,6 @@ class TrialSpec:
         return f"n{self.needle}-L{self.length}-d{self.depth:g}"
 
 
-def _eos_ids(tokenizer) -> set[int]:
-    eos = tokenizer.eos_token_id
-    return set(eos) if isinstance(eos, list) else set() if eos is None else {eos}
-
-
 def run_trial(model, tokenizer, kind: str, needle: Needle, spec: TrialSpec, chat: bool,
               max_new_tokens: int) -> dict:
     """Run one trial and return its log record: grid position, prompt size, span, response, answer metric,
@@ -45,7 +41,7 @@ def run_trial(model, tokenizer, kind: str, needle: Needle, spec: TrialSpec, chat
     prompt_ids = torch.tensor(prompt.ids)
     answer_len = prompt.span[1] - prompt.span[0]
     step_limit = min(max_new_tokens, answer_len) if kind == "reasoning" else max_new_tokens
-    eos = _eos_ids(tokenizer)
+    eos = set(eos_token_ids(model))
 
     def stop(token: int) -> bool:
         return token in eos or "\n" in tokenizer.decode([token])

@@ -9,14 +9,15 @@ and prompts and L1-normalised across layers; the sets' vectors are averaged and 
 `avg_score` (more error earns more budget).
 
 The hook is a transformers `AttentionInterface` function: it returns the ordinary SDPA output (generation is
-unchanged) and records the errors on the side.
+unchanged) and records the errors on the side, into the `_ErrorRecorder` each forward passes as the
+`calibration_recorder` keyword (transformers forwards extra model keywords to every attention call, as the engine
+does with its ragged cache).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -25,19 +26,11 @@ from tqdm.auto import tqdm
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from .base import ModelShape
+from ..models import attention_implementation, eos_token_ids, model_shape
 from .compresskv import retrieval_head_weights
 from .head_scores import ScoreSource, load_head_scores
 
 IMPLEMENTATION = "raggedkv_calibrate"
-
-
-def model_shape(config: Any) -> ModelShape:
-    """The attention shape of a Llama/Mistral-style transformers config."""
-    heads = config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    return ModelShape(config.num_hidden_layers, heads, getattr(config, "num_key_value_heads", None) or heads,
-                      head_dim)
 
 
 def _attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
@@ -91,37 +84,18 @@ class _ErrorRecorder:
         return keep
 
 
-_active: _ErrorRecorder | None = None
-
-
 def _attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-               attention_mask: torch.Tensor | None, scaling: float | None = None, **kwargs: Any):
-    """SDPA attention that also feeds the active recorder (see `_recording`)."""
+               attention_mask: torch.Tensor | None, scaling: float | None = None,
+               calibration_recorder: _ErrorRecorder | None = None, **kwargs: Any):
+    """SDPA attention that also feeds `calibration_recorder` (the keyword `prompt_errors` passes to the model)."""
     output = sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
-    if _active is not None:
+    if calibration_recorder is not None:
         scale = scaling if scaling is not None else 1.0 / math.sqrt(query.shape[-1])
-        _active.observe(module, query, key, value, scale)
+        calibration_recorder.observe(module, query, key, value, scale)
     return output
 
 
-@contextmanager
-def _recording(model: torch.nn.Module, recorder: _ErrorRecorder) -> Iterator[None]:
-    """Route `model`'s attention through `_attention` feeding `recorder`; restore everything afterwards."""
-    global _active
-    AttentionInterface.register(IMPLEMENTATION, _attention)
-    previous = model.config._attn_implementation
-    model.set_attn_implementation(IMPLEMENTATION)
-    _active = recorder
-    try:
-        yield
-    finally:
-        _active = None
-        model.set_attn_implementation(previous)
-
-
-def _eos_ids(model: torch.nn.Module) -> set[int]:
-    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    return set() if eos is None else {eos} if isinstance(eos, int) else set(eos)
+AttentionInterface.register(IMPLEMENTATION, _attention)
 
 
 @torch.inference_mode()
@@ -133,14 +107,15 @@ def prompt_errors(model: torch.nn.Module, input_ids: torch.Tensor, weights: torc
     prefill, so there are at most `max_new_tokens - 1` decode steps.
     """
     recorder = _ErrorRecorder(weights, budget, window, pool_size)
-    eos = _eos_ids(model)
-    with _recording(model, recorder):
-        out = model(input_ids=input_ids, use_cache=True)
+    eos = eos_token_ids(model)
+    with attention_implementation(model, IMPLEMENTATION):
+        out = model(input_ids=input_ids, use_cache=True, calibration_recorder=recorder)
         for _ in range(max_new_tokens - 1):
             token = out.logits[:, -1:].argmax(dim=-1)
             if int(token) in eos:
                 break
-            out = model(input_ids=token, past_key_values=out.past_key_values, use_cache=True)
+            out = model(input_ids=token, past_key_values=out.past_key_values, use_cache=True,
+                        calibration_recorder=recorder)
     return recorder.errors
 
 
