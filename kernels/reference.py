@@ -81,7 +81,7 @@ def window_scores_ref(
     return _reduce_heads_and_pool(per_head, num_kv_heads, group_reduce, pool, pool_size, qo_head_weights)
 
 
-WINDOW_KEY_CHUNK = 64  # prefix keys per step of window_scores_chunked
+WINDOW_KEY_CHUNK = 256  # prefix keys per step of window_scores_chunked (a [heads, w, 256] tile: 1 MB fp32 at 32 x 32)
 
 
 def window_scores_chunked(
