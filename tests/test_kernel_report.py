@@ -10,6 +10,7 @@ import dataclasses
 import importlib
 import json
 import os
+import pkgutil
 import subprocess
 import sys
 from pathlib import Path
@@ -132,7 +133,7 @@ def _forced_spill_row() -> dict:
 
     bound = _bound_scaled_rows()
     squeezed = dataclasses.replace(bound, options=dataclasses.replace(bound.options, maxnreg=32))
-    row = Row("sm_90", "_scaled_rows", "test", ["test: 32 registers"], [1], 4, 3, {}, {}, {})
+    row = Row("sm_90", "_scaled_rows", "test", [{"case": "test: 32 registers", "grid": [1]}], 4, 3, {}, {}, {})
     _compile_row(row, squeezed, ARCHS["sm_90"])
     return row.as_json()
 
@@ -157,10 +158,11 @@ def test_a_forced_spill_is_caught() -> None:
 
 
 def _shipped_kernel_names() -> set[str]:
-    """Every `*_kernel` Triton function of the four launcher modules (JIT or interpreted)."""
+    """Every `*_kernel` Triton function (JIT or interpreted) of every module of `raggedkv.kernels`."""
+    package = importlib.import_module("raggedkv.kernels")
     names = set()
-    for name in ("decode", "window_scores", "select_pack", "append"):
-        module = importlib.import_module(f"raggedkv.kernels.{name}")
+    for info in pkgutil.iter_modules(package.__path__):
+        module = importlib.import_module(f"raggedkv.kernels.{info.name}")
         for name, value in vars(module).items():
             if name.endswith("_kernel") and isinstance(value, (JITFunction, InterpretedFunction)):
                 names.add(name)
@@ -178,7 +180,7 @@ def test_reduced_report_every_kernel_compiles_fits_and_does_not_spill(tmp_path: 
     rows = document["targets"]["sm_90"]
     assert {row["kernel"] for row in rows} == _shipped_kernel_names()
     for row in rows:
-        where = f"{row['kernel']} [{row['cases'][0]}]"
+        where = f"{row['kernel']} [{row['cases'][0]['case']}]"
         assert row["error"] is None, where
         assert row["spill_store_bytes"] == row["spill_load_bytes"] == row["stack_bytes"] == 0, where
         assert row["warps_per_sm"] > 0 and row["problems"] == [], where

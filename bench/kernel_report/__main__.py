@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
           f"(Triton {triton.__version__}, static compile)")
     if args.check and failing:
         for row in failing:
-            print(f"FAIL {row.arch} {row.kernel} [{row.cases[0]}]: {'; '.join(row.problems)}")
+            print(f"FAIL {row.arch} {row.kernel} [{row.cases[0]['case']}]: {'; '.join(row.problems)}")
         return 1
     return 0
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 from dataclasses import asdict, dataclass, field
 
-from .aot import bind_launch, compile_bound
-from .configs import KERNEL_FAMILIES, Case, shipped_cases
+from .aot import BoundLaunch, bind_launch, compile_bound
+from .configs import KERNEL_FAMILIES, shipped_cases
 from .occupancy import ArchLimits, theoretical_occupancy
 from .sass import InstructionMix, read_cubin
 
@@ -19,8 +19,7 @@ class Row:
     arch: str
     kernel: str
     shape: str
-    cases: list[str]
-    grid: list[int]
+    cases: list[dict]  # {"case": "<shape>: <description>", "grid": [programs per axis]} per engine call
     num_warps: int
     num_stages: int
     constexprs: dict[str, object]
@@ -47,6 +46,12 @@ def _short(kernel_name: str) -> str:
     return kernel_name.strip("_").removesuffix("_kernel")
 
 
+def _case_text(row: Row) -> str:
+    """The first engine call without its shape, and `(+N)` for the N others with the same result."""
+    first = row.cases[0]["case"].split(": ", 1)[1]
+    return first + (f" (+{len(row.cases) - 1})" if len(row.cases) > 1 else "")
+
+
 def _judge(row: Row, arch: ArchLimits, dynamic_shared: int, static_shared: int) -> None:
     """Fill occupancy and the problems `--check` fails on: spills, a block that does not fit, 0 warps per SM."""
     occupancy = theoretical_occupancy(arch, registers=row.registers, num_warps=row.num_warps,
@@ -62,7 +67,8 @@ def _judge(row: Row, arch: ArchLimits, dynamic_shared: int, static_shared: int) 
                             f"{occupancy.shared_per_block} B shared; 0 warps per SM)")
 
 
-def _compile_row(row: Row, bound, arch: ArchLimits) -> None:
+def _compile_row(row: Row, bound: BoundLaunch, arch: ArchLimits) -> None:
+    """Compile `bound`, read its cubin and judge it into `row` (a compiler error is recorded, not raised)."""
     try:
         compiled = compile_bound(bound)
     except Exception as err:  # noqa: BLE001 - any compiler failure is a reported result, not a crash
@@ -83,24 +89,23 @@ def build_rows(shapes: list[str], arch: ArchLimits, families: tuple[str, ...] = 
                reduced: bool = False, progress=sys.stderr) -> list[Row]:
     """One row per distinct (kernel, binding) over the shipped cases of `shapes` and `families` on `arch`
     (`reduced`: the test suite's subset, see `configs.shipped_cases`)."""
-    rows: dict[str, tuple[Row, object]] = {}
+    rows: dict[str, tuple[Row, BoundLaunch]] = {}
     for shape in shapes:
-        case: Case
         for case in shipped_cases(shape, arch, families, reduced):
             for launch in case.launches:
                 bound = bind_launch(launch, arch)
-                key = bound.key
-                if key in rows:
-                    rows[key][0].cases.append(f"{case.shape}: {case.description}")
+                call = {"case": f"{case.shape}: {case.description}", "grid": list(launch.grid)}
+                if bound.key in rows:
+                    rows[bound.key][0].cases.append(call)
                     continue
-                rows[key] = (Row(
-                    arch=arch.name, kernel=launch.name, shape=shape, cases=[f"{case.shape}: {case.description}"],
-                    grid=list(launch.grid), num_warps=launch.num_warps, num_stages=launch.num_stages,
+                rows[bound.key] = (Row(
+                    arch=arch.name, kernel=launch.name, shape=shape, cases=[call],
+                    num_warps=launch.num_warps, num_stages=launch.num_stages,
                     constexprs=dict(launch.constexprs), specialised=bound.specialised,
                     signature={k: v for k, v in bound.signature.items() if v != "constexpr"},
                 ), bound)
     for index, (row, bound) in enumerate(rows.values(), 1):
-        print(f"[{arch.name} {index}/{len(rows)}] {row.kernel} {row.cases[0]}", file=progress, flush=True)
+        print(f"[{arch.name} {index}/{len(rows)}] {row.kernel} {row.cases[0]['case']}", file=progress, flush=True)
         _compile_row(row, bound, arch)
     return [row for row, _ in rows.values()]
 
@@ -109,7 +114,7 @@ COLUMNS = (  # header, width, value of a table line
     ("arch", 5, lambda r: r.arch),
     ("kernel", 14, lambda r: _short(r.kernel)),
     ("shape", 12, lambda r: r.shape),
-    ("case", 50, lambda r: r.cases[0].split(": ", 1)[1] + (f" (+{len(r.cases) - 1})" if len(r.cases) > 1 else "")),
+    ("case", 50, lambda r: _case_text(r)),
     ("w/st", 4, lambda r: f"{r.num_warps}/{r.num_stages}"),
     ("regs", 4, lambda r: r.registers),
     ("spill st/ld B", 13, lambda r: f"{r.spill_store_bytes}/{r.spill_load_bytes}"),
