@@ -29,6 +29,7 @@ Contract for embedders (the launchers, their `*_ref` twins and `torch.ops.ragged
 
 from .append import append_kv
 from .decode import plan_decode, ragged_decode_attention
+from .flashinfer_layout import FlashInferLayout, flashinfer_layout
 from .metadata import SegmentPlan, plan_segments
 from .reference import append_kv_ref, ragged_decode_attention_ref, select_and_pack_ref, window_scores_ref
 from .select_pack import select_and_pack
@@ -44,6 +45,8 @@ __all__ = [
     "plan_decode",
     "SegmentPlan",
     "plan_segments",
+    "FlashInferLayout",
+    "flashinfer_layout",
     "window_scores_ref",
     "select_and_pack_ref",
     "append_kv_ref",
