@@ -24,13 +24,19 @@ from .report import build_rows, format_table
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 
 
-def _document(arch_rows: dict[str, list]) -> dict:
-    return {
+def _document(arch_rows: dict[str, list]) -> str:
+    """The JSON text: what produced it, then one line per row (readable diffs between runs)."""
+    header = {
         "kind": "static ahead-of-time compile (no GPU): cubin read back with cuobjdump/nvdisasm",
         "triton_version": triton.__version__,
         "generated_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "targets": {arch: [row.as_json() for row in rows] for arch, rows in arch_rows.items()},
+        "command": "python -m bench.kernel_report " + " ".join(sys.argv[1:]),
     }
+    targets = ",\n".join(
+        f" {json.dumps(arch)}: [\n" + ",\n".join(f"  {json.dumps(row.as_json())}" for row in rows) + "\n ]"
+        for arch, rows in arch_rows.items()
+    )
+    return json.dumps(header, indent=1)[:-2] + ',\n "targets": {\n' + targets + "\n }\n}\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,11 +58,11 @@ def main(argv: list[str] | None = None) -> int:
         print()
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(_document(arch_rows), indent=1) + "\n")
+        args.json.write_text(_document(arch_rows))
     else:
         RESULTS.mkdir(exist_ok=True)
         for arch, rows in arch_rows.items():
-            (RESULTS / f"kernel_report_{arch}.json").write_text(json.dumps(_document({arch: rows}), indent=1) + "\n")
+            (RESULTS / f"kernel_report_{arch}.json").write_text(_document({arch: rows}))
     failing = [row for rows in arch_rows.values() for row in rows if row.problems]
     total = sum(len(rows) for rows in arch_rows.values())
     print(f"{total} distinct compiled configurations, {len(failing)} with problems "
