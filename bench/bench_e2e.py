@@ -42,6 +42,7 @@ from bench.harness.results import build_doc, write_json
 from bench.harness.scores import MethodScores, method_scores
 from bench.harness.shapes import MODELS, attention_shape, hf_config
 from bench.harness.table import MIB, Table, config_columns, config_widths
+from raggedkv.engine.backend import BACKEND_NAMES
 from raggedkv.engine.compress import plan_budgets
 from raggedkv.engine.methods import METHODS, get_method
 from raggedkv.engine.methods.base import ModelShape
@@ -72,7 +73,8 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompts", nargs="+", type=int, help="prompt lengths in tokens (default: per mode)")
     parser.add_argument("--kv-size", nargs="+", type=int, help="average tokens kept per head (default 128)")
     parser.add_argument("--new-tokens", type=int, help="tokens generated per run (default 512)")
-    parser.add_argument("--backend", default="auto", help="engine backend: auto (triton on CUDA), triton, torch")
+    parser.add_argument("--backend", default="auto", choices=BACKEND_NAMES,
+                        help="engine backend on CUDA (default auto: triton); the CPU always uses torch")
     parser.add_argument("--time-budget-s", type=float, help="skip configs that would start after this many seconds")
 
 
