@@ -10,11 +10,13 @@ a fixed-width summary table and the files it wrote.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
-DEFAULT_MODEL = "smollm2-135m-instruct"
+from ..backend import BACKEND_NAMES
+from ..default_model import DEFAULT_MODEL
+from ..methods.head_scores import model_slug
+
 DEFAULT_OUT_DIR = Path("raggedkv-eval")  # in the current folder; never the repository's committed eval-results/
 
 
@@ -55,10 +57,6 @@ def _flat(lists: list[list] | None) -> list | None:
     return None if lists is None else [value for values in lists for value in values]
 
 
-def _slug(model: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.-]+", "-", Path(model).name or model).strip("-").lower()
-
-
 def _common(parser: argparse.ArgumentParser, default_kv_sizes: str) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"model name or local HF folder ({DEFAULT_MODEL})")
     parser.add_argument("--methods", type=str_list, nargs="+", help="compression methods (default: all)")
@@ -70,7 +68,7 @@ def _common(parser: argparse.ArgumentParser, default_kv_sizes: str) -> None:
     parser.add_argument("--merge", action="store_true", help="add this run's cells to an --out file over another "
                         "grid (other methods, budgets, lengths, ...; same settings); its table and plots then "
                         "cover both")
-    parser.add_argument("--backend", default="auto", choices=("auto", "torch", "triton"), help="engine backend")
+    parser.add_argument("--backend", default="auto", choices=BACKEND_NAMES, help="engine backend")
     parser.add_argument("--no-chat", action="store_true", help="do not put prompts in the model's chat template")
     parser.add_argument("--head-scores", type=method_path, action="append", metavar="METHOD=PATH",
                         help="head-score file for a method (headkv-r, headkv-r2, compresskv); repeatable")
@@ -89,7 +87,7 @@ def _needle_parser(parser: argparse.ArgumentParser, needles: int) -> None:
 
 
 def _shared_kwargs(args: argparse.Namespace, task: str) -> dict:
-    out = args.out if args.out is not None else DEFAULT_OUT_DIR / f"{task}-{_slug(args.model)}.json"
+    out = args.out if args.out is not None else DEFAULT_OUT_DIR / f"{task}-{model_slug(args.model)}.json"
     return {
         "model": args.model,
         "methods": _flat(args.methods),

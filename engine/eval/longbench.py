@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..default_model import DEFAULT_MODEL
 from .generation import Runner
 from .grid import Request, run_grid, wanted_keys
 from .longbench_spec import TASKS, Task
@@ -85,7 +86,7 @@ def longbench_summary(records: Sequence[dict], datasets: Sequence[str]) -> tuple
 def run_longbench(
     data_dir: str | Path,
     datasets: Sequence[str] | None = None,
-    model: str = "smollm2-135m-instruct",
+    model: str = DEFAULT_MODEL,
     methods: Sequence[str] | None = None,
     kv_sizes: Sequence[int] = (128,),
     out: str | Path | None = None,

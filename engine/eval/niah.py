@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from ..default_model import DEFAULT_MODEL
 from .judge import judge_retrieval
 from .metrics import rouge1
 from .needle_task import NeedleTask, run_needle_task
@@ -47,7 +48,7 @@ NIAH = NeedleTask(
 
 
 def run_niah(
-    model: str = "smollm2-135m-instruct",
+    model: str = DEFAULT_MODEL,
     methods: Sequence[str] | None = None,
     kv_sizes: Sequence[int] = (32, 64, 128, 256),
     lengths: Sequence[int] = (1000, 2000, 4000, 8000),
