@@ -30,7 +30,8 @@ Launch structure (fixed, independent of the number of segments; no host sync bes
        Pure copies (cast to the cache dtype on store), exact in every dtype, also under the interpreter.
     `_select_and_pack_launches` builds step 1's ranking and step 2's launch from shapes alone (meta tensors work).
 
-Tested under the Triton interpreter (CPU) against the reference, all three dtypes; not yet on a GPU.
+Tested under the Triton interpreter (CPU) against the reference, all three dtypes; not yet run on a GPU (the
+kernel report compiles it spill-free for sm_80 and sm_90).
 Not supported: AdaKV-style global selection across segments (give the per-segment budgets), scores of
 different lengths in one call (call once per sequence, with `first_segment`).
 """
