@@ -7,17 +7,26 @@ from collections.abc import Sequence
 import torch
 from transformers import PretrainedConfig
 
+from .arguments import Int, Real
+from .methods import Method, not_a_method
 
-def check_kv_size(kv_size: object, window: int) -> None:
-    """`kv_size` is None (no compression) or an int >= the observation window."""
+MAX_NEW_TOKENS = Int(1)
+TEMPERATURE = Real(0.0)
+TOP_P = Real(0.0, 1.0, low_open=True)
+SEED = Int(0, 2**64 - 1)  # torch.Generator.manual_seed's range
+
+
+def check_kv_size(kv_size: object, method: object) -> None:
+    """`kv_size` is None (no compression) or an int >= `method.min_kv_size`, whatever the prompt's length.
+
+    The one check of `kv_size`: the engine runs it before any planning.
+    """
+    if not isinstance(method, Method):
+        raise not_a_method(method)
     if kv_size is None:
         return
-    if isinstance(kv_size, bool) or not isinstance(kv_size, int):
-        raise TypeError(f"kv_size must be an int (tokens kept per head, window included) or None, got {kv_size!r}")
-    if kv_size < window:
-        raise ValueError(
-            f"kv_size={kv_size} is below the method's observation window ({window}); use kv_size >= {window}"
-        )
+    why = f"the least method {method.name!r} keeps per head; None keeps the whole prompt"
+    Int(method.min_kv_size, why=why).check("kv_size", kv_size)
 
 
 def check_text_prompts(prompt: object) -> list[str]:
@@ -73,12 +82,10 @@ def check_prompt_ids(
 
 
 def check_sampling(max_new_tokens: object, temperature: object, top_p: object, seed: object) -> None:
-    """max_new_tokens >= 1, temperature >= 0, 0 < top_p <= 1, seed None or int."""
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
-    if not isinstance(temperature, (int, float)) or temperature < 0:
-        raise ValueError(f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}")
-    if not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise TypeError(f"seed must be an int or None, got {seed!r}")
+    """max_new_tokens an int >= 1; temperature a finite number >= 0 (0 = greedy); top_p a finite number in (0, 1];
+    seed None or an int in [0, 2**64 - 1]. Booleans, NaN and infinities are refused."""
+    MAX_NEW_TOKENS.check("max_new_tokens", max_new_tokens)
+    TEMPERATURE.check("temperature", temperature)
+    TOP_P.check("top_p", top_p)
+    if seed is not None:
+        SEED.check("seed", seed)

@@ -53,11 +53,15 @@ def prefix_scores(
 def plan_budgets(method: Method, shape: ModelShape, prompt_len: int, kv_size: int | None) -> torch.Tensor:
     """int64 `[num_layers, num_kv_heads]` host budgets of one prompt under `method`, checked against its contract.
 
-    None or a `kv_size >= prompt_len` keeps the whole prompt in every head.
+    `kv_size` was checked against the method (`checks.check_kv_size`). None or a `kv_size >= prompt_len` keeps the
+    whole prompt in every head. `method.check_shape` runs first, so a method that cannot plan for this model is
+    refused whatever the prompt's length.
 
     Raises:
-        ValueError: `method.plan` returned the wrong shape or a budget outside [window, prompt_len].
+        ValueError: the method does not fit the model (e.g. a score file's shape), or `method.plan` returned the
+            wrong shape or a budget outside [window, prompt_len].
     """
+    method.check_shape(shape)
     full_shape = (shape.num_layers, shape.num_kv_heads)
     if kv_size is None or kv_size >= prompt_len:
         return torch.full(full_shape, prompt_len, dtype=torch.int64)

@@ -145,7 +145,7 @@ class Engine:
     ) -> list[GenerationResult]:
         """`generate` for token ids: `prompt_ids` is a list of prompts, each a list of ints (or a 1-D tensor)."""
         check_sampling(max_new_tokens, temperature, top_p, seed)
-        check_kv_size(kv_size, self.method.scoring.window)
+        check_kv_size(kv_size, self.method)
         prompts = check_prompt_ids(prompt_ids, self.model.config, max_new_tokens)
         variants = [Variant(i, self.method, kv_size) for i in range(len(prompts))]
         return self._generate(prompts, variants, SamplingParams(max_new_tokens, temperature, top_p, seed))
@@ -190,7 +190,7 @@ class Engine:
             method, kv_size = variant
             if isinstance(method, str):
                 method = get_method(method, model_name=self.model.name_or_path or None)
-            check_kv_size(kv_size, method.scoring.window)
+            check_kv_size(kv_size, method)
             rows.append(Variant(0, method, kv_size))
         if isinstance(prompt, str):
             if self.tokenizer is None:
@@ -215,7 +215,7 @@ class Engine:
 
         The cache reserves `max_new_tokens - 1` rows of decode headroom per segment (the last token is never fed).
         """
-        check_kv_size(kv_size, self.method.scoring.window)
+        check_kv_size(kv_size, self.method)
         prompts = check_prompt_ids(prompt_ids, self.model.config, max_new_tokens)
         variants = [Variant(i, self.method, kv_size) for i in range(len(prompts))]
         return self.runner.prefill(prompts, variants, max_new_tokens)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 import pytest
 import torch
+from raggedkv.engine.checks import check_kv_size
 from raggedkv.engine.methods import METHODS, ModelShape, get_method, method_parameters
 from raggedkv.engine.methods import head_scores as head_scores_module
 from raggedkv.engine.methods.adakv import ada_capacities, head_shares
@@ -124,8 +126,11 @@ def test_streamingllm_keeps_exactly_the_sinks_and_the_most_recent_tokens(kv_size
 
 
 def test_streamingllm_rejects_kv_size_without_room_for_recent_tokens():
-    with pytest.raises(ValueError, match="kv_size=4"):
-        get_method("streamingllm").plan(LLAMA3, 100, 4)
+    method = get_method("streamingllm")
+    assert method.min_kv_size == 5 and get_method("streamingllm", sinks=0).min_kv_size == 1
+    with pytest.raises(ValueError, match=r"kv_size must be an int >= 5 .*'streamingllm'.*got 4"):
+        check_kv_size(4, method)
+    check_kv_size(5, method)
 
 
 # --- HeadKV (METHODS.md 1(b)) ---------------------------------------------------------------------------------------
@@ -184,7 +189,8 @@ def test_headkv_needs_a_score_file(tmp_path, monkeypatch):
 def test_headkv_shape_mismatch_names_both_shapes():
     method = get_method("headkv-r", head_scores=head_score_dict(TABLE))
     with pytest.raises(ValueError, match=r"2 layers x 4 heads.*30 layers x 9 query heads"):
-        method.plan(ModelShape(30, 9, 3, 64), 1000, 128)
+        method.check_shape(ModelShape(30, 9, 3, 64))
+    method.check_shape(SMALL)
 
 
 # --- CompressKV (METHODS.md 4) --------------------------------------------------------------------------------------
@@ -227,7 +233,7 @@ def test_compresskv_layer_file_mismatch_names_both_shapes(tmp_path):
     assert load_layer_scores(path, ModelShape(3, 4, 2, 8)).tolist() == [0.5, 0.5, 0.0]
     method = get_method("compresskv", layer_scores=path, head_scores=head_score_dict(TABLE))
     with pytest.raises(ValueError, match=r"3 layers but the model has 2 layers"):
-        method.plan(SMALL, 1000, 64)
+        method.check_shape(SMALL)
 
 
 # --- score files ----------------------------------------------------------------------------------------------------
@@ -288,11 +294,101 @@ def test_model_name_is_passed_only_where_used():
     assert "model_name" not in method_parameters("headkv-r")
 
 
-def test_kv_size_below_window_is_an_error():
-    with pytest.raises(ValueError, match=r"kv_size=4 .*'snapkv'.*>= 8"):
-        get_method("snapkv").plan(SMALL, 100, 4)
-    with pytest.raises(ValueError, match=r"kv_size=16.0"):
-        get_method("pyramidkv").plan(SMALL, 100, 16.0)
+def test_kv_size_below_the_method_minimum_is_an_error():
+    with pytest.raises(ValueError, match=r"kv_size must be an int >= 8 .*'snapkv'.*got 4"):
+        check_kv_size(4, get_method("snapkv"))
+    with pytest.raises(TypeError, match=r"kv_size must be an int >= 8 .*got 16.0"):
+        check_kv_size(16.0, get_method("pyramidkv"))
+    with pytest.raises(ValueError, match=r"kv_size must be an int >= 3 .*got 2"):
+        check_kv_size(2, get_method("snapkv", window=3))
+    with pytest.raises(TypeError, match=r"method must be a method name .* got 'snapkv'"):
+        check_kv_size(16, "snapkv")
+    assert get_method("full").min_kv_size == 1
+    check_kv_size(1, get_method("full"))
+    check_kv_size(None, get_method("snapkv"))
+
+
+# --- parameters (issue 12's probes first) -----------------------------------------------------------------------------
+
+def score_files_for(name: str) -> dict:
+    """Score files that fit SMALL, for the methods that need them."""
+    heads = head_score_dict(TABLE)
+    return {"headkv-r": {"head_scores": heads}, "headkv-r2": {"head_scores": heads},
+            "compresskv": {"head_scores": heads, "layer_scores": {"avg_score": [1.0, 2.0]}}}.get(name, {})
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "error", "message"),
+    [
+        ("snapkv", {"window": 0}, ValueError, "window must be an int >= 1, got 0"),
+        ("snapkv", {"window": -3}, ValueError, "window must be an int >= 1, got -3"),
+        ("snapkv", {"pool_size": 6}, ValueError, "pool_size must be an odd int >= 1, got 6"),
+        ("snapkv", {"pool": "median"}, ValueError, "pool must be one of ['max', 'avg'], got 'median'"),
+        ("snapkv", {"window_reduce": "bogus"}, ValueError, "window_reduce must be one of ['sum', 'mean'], got 'bogus'"),
+        ("snapkv", {"group_reduce": "bogus"}, ValueError,
+         "group_reduce must be one of ['mean', 'max', 'sum'], got 'bogus'"),
+        ("pyramidkv", {"beta": math.nan}, ValueError, "beta must be a finite number >= 1, got nan"),
+        ("headkv-r", {"beta": math.nan}, ValueError, "beta must be a finite number >= 1, got nan"),
+        ("headkv-r2", {"beta": math.nan}, ValueError, "beta must be a finite number >= 1, got nan"),
+        ("pyramidkv", {"beta": math.inf}, ValueError, "beta must be a finite number >= 1, got inf"),
+        ("headkv-r2", {"beta": 0.5}, ValueError, "beta must be a finite number >= 1, got 0.5"),
+        ("headkv-r", {"temp": -1.0}, ValueError, "temp must be a finite number >= 0, got -1.0"),
+        ("ada-snapkv", {"alpha": 1.5}, ValueError, "alpha must be a finite number in [0, 1], got 1.5"),
+        ("ada-snapkv", {"alpha": -math.inf}, ValueError, "alpha must be a finite number in [0, 1], got -inf"),
+        ("streamingllm", {"sinks": -1}, ValueError, "sinks must be an int >= 0, got -1"),
+        ("compresskv", {"first_k": 0}, ValueError, "first_k must be an int >= 1, got 0"),
+        ("compresskv", {"min_tokens": -1}, ValueError, "min_tokens must be an int >= 0, got -1"),
+        ("compresskv", {"max_ratio": 0.99}, ValueError, "max_ratio must be a finite number >= 1, got 0.99"),
+        ("compresskv", {"pool_size": 4}, ValueError, "pool_size must be an odd int >= 1, got 4"),
+        ("full", {"window": 0}, ValueError, "window must be an int >= 1, got 0"),
+        ("snapkv", {"window": 8.0}, TypeError, "window must be an int >= 1, got 8.0"),
+        ("snapkv", {"pool_size": True}, TypeError, "pool_size must be an odd int >= 1, got True"),
+        ("snapkv", {"pool": None}, TypeError, "pool must be one of ['max', 'avg'], got None"),
+        ("pyramidkv", {"beta": "20"}, TypeError, "beta must be a finite number >= 1, got '20'"),
+        ("ada-snapkv", {"alpha": False}, TypeError, "alpha must be a finite number in [0, 1], got False"),
+        ("headkv-r", {"faithful": 1}, TypeError, "faithful must be True or False, got 1"),
+        ("streamingllm", {"sinks": 4.0}, TypeError, "sinks must be an int >= 0, got 4.0"),
+        ("compresskv", {"max_ratio": 10**400}, ValueError, "max_ratio must be a finite number >= 1"),
+    ],
+)
+def test_bad_parameters_are_refused_at_construction(name, params, error, message):
+    with pytest.raises(error) as info:
+        get_method(name, **score_files_for(name), **params)
+    assert str(info.value).startswith(message)
+
+
+def test_pool_size_six_is_refused_not_rounded_up():
+    assert get_method("snapkv", pool_size=5).scoring.pool_size == 5
+    with pytest.raises(ValueError, match="pool_size must be an odd int"):
+        get_method("snapkv", pool_size=6)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_parameter_states_what_it_accepts_and_its_default_passes(name):
+    cls = METHODS[name]
+    for key, default in method_parameters(name).items():
+        if key in cls.score_files:
+            assert default is None, (name, key)
+            continue
+        assert key in cls.accepts, f"{name}.accepts does not declare {key!r}"
+        assert cls.accepts[key].check(key, default) == default
+    assert set(cls.accepts) <= set(method_parameters(name)), "accepts names only constructor parameters"
+
+
+def test_method_name_must_be_a_string():
+    with pytest.raises(TypeError, match=r"method must be a method name \(one of \['ada-snapkv'.*got \['snapkv'\]"):
+        get_method(["snapkv"])
+
+
+def test_head_probabilities_stay_finite_for_any_temp():
+    table = torch.tensor([[1.0, 0.0, 2.0, 1e-3]], dtype=torch.float64)
+    for temp in (0.0, 1.0, 1e3, 1e300):
+        probs = head_probabilities(table, temp)
+        assert torch.isfinite(probs).all() and math.isclose(float(probs.sum()), 1.0), temp
+    assert head_probabilities(table, 0.0).tolist() == [[0.25] * 4]
+    assert head_probabilities(table, 1e300).tolist() == [[0.0, 0.0, 1.0, 0.0]]
+    expected = (table / table.sum()) ** 2
+    assert torch.allclose(head_probabilities(table, 2.0), expected / expected.sum(), rtol=1e-12, atol=0)
 
 
 def test_full_keeps_everything():
@@ -316,6 +412,12 @@ def test_cli_methods_lists_every_method_and_its_defaults(capsys):
     for name in METHODS:
         assert f"\n{name} " in f"\n{out}"
     assert "beta=1.01" in out and "alpha=0.2" in out and "sinks=4" in out and "first_k=4" in out
+    lines = [" ".join(line.split()) for line in out.splitlines()]
+    for shown in ["pool_size=7 an odd int >= 1", "pool='max' one of ['max', 'avg']", "beta=20.0 a finite number >= 1",
+                  "alpha=0.2 a finite number in [0, 1]", "faithful=False True or False", "sinks=4 an int >= 0",
+                  "head_scores=None a score file of kind 'reasoning' (a path or dict); None: the packaged one for "
+                  "the model"]:
+        assert shown in lines, shown
 
 
 def test_cli_reads_prompt_files(tmp_path):

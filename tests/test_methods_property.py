@@ -1,17 +1,23 @@
 """Property tests: for random shapes, prompt lengths, kv_sizes and score tables, every method's budgets stay within
 `[min(window, prompt_len), prompt_len]` and (default, non-faithful mode) total exactly
 `min(kv_size, prompt_len) * num_layers * num_kv_heads`, i.e. the nominal `kv_size * L * H_kv` whenever
-`prompt_len >= kv_size`; `adapt` preserves layer totals; score files round-trip."""
+`prompt_len >= kv_size`; `adapt` preserves layer totals; score files round-trip. Random (often hostile) method
+parameters are refused at construction exactly when the method's `accepts` excludes them, with the error type and
+message it promises, and accepted ones plan valid budgets."""
 
 from __future__ import annotations
 
 import json
+import math
+import sys
 
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from raggedkv.engine.methods import ModelShape, get_method
+from raggedkv.engine.arguments import Choice, Flag, Int, Real
+from raggedkv.engine.checks import check_kv_size
+from raggedkv.engine.methods import METHODS, ModelShape, get_method
 from raggedkv.engine.methods.allocation import fill_to_total, round_to_total
 from raggedkv.engine.methods.head_scores import load_head_scores
 
@@ -52,12 +58,6 @@ def build(name: str, case: dict, faithful: bool):
     return get_method(name, **params)
 
 
-def smallest_kv_size(method) -> int:
-    """The least kv_size a method accepts: its window (StreamingLLM: the sinks plus its one-token window)."""
-    scoring = method.scoring
-    return scoring.sinks + scoring.window if scoring.kind == "recency" else scoring.window
-
-
 def realised(method, case: dict) -> torch.Tensor:
     """`plan`, then `adapt` on every layer with random scores (the identity except for Ada-SnapKV)."""
     shape, n = case["shape"], case["prompt_len"]
@@ -83,9 +83,9 @@ def test_budgets_are_bounded_and_total_the_nominal(case):
     shape, n, kv_size = case["shape"], case["prompt_len"], case["kv_size"]
     for name in COMPRESSING:
         method = build(name, case, faithful=False)
-        if kv_size < smallest_kv_size(method):
-            with pytest.raises(ValueError, match=f"kv_size={kv_size}"):
-                method.plan(shape, n, kv_size)
+        if kv_size < method.min_kv_size:
+            with pytest.raises(ValueError, match=f"kv_size must be an int >= {method.min_kv_size} .*got {kv_size}"):
+                check_kv_size(kv_size, method)
             continue
         budgets = realised(method, case)
         window = method.scoring.window
@@ -100,7 +100,7 @@ def test_faithful_budgets_are_bounded(case):
     n = case["prompt_len"]
     for name in ["pyramidkv", "ada-snapkv", "headkv-r", "headkv-r2", "compresskv"]:
         method = build(name, case, faithful=True)
-        if case["kv_size"] < smallest_kv_size(method):
+        if case["kv_size"] < method.min_kv_size:
             continue
         budgets = realised(method, case)
         assert min(method.scoring.window, n) <= int(budgets.min()) and int(budgets.max()) <= n, name
@@ -138,3 +138,67 @@ def test_head_score_files_round_trip(tmp_path_factory, means):
     path.write_text(json.dumps({f"{l}-{h}": [m, m] for l, row in enumerate(means) for h, m in enumerate(row)}))
     table = load_head_scores(path, ModelShape(len(means), 3, 1, 8))
     assert torch.allclose(table, torch.tensor(means, dtype=torch.float64))
+
+
+# --- parameters: every method refuses what its `accepts` excludes, and plans valid budgets with what it accepts ----
+
+hostile_value = st.one_of(
+    st.integers(-3, 40),
+    st.integers(-(10**30), 10**400),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.floats(-2.0, 40.0),
+    st.booleans(),
+    st.none(),
+    st.sampled_from(["max", "avg", "sum", "mean", "median", "", "7"]),
+)
+
+
+def expected_error(accepted, value) -> type[Exception] | None:
+    """What checking `value` against `accepted` must raise, worked out here independently of `arguments.py`."""
+    if isinstance(accepted, Int):
+        if type(value) is not int:
+            return TypeError
+        fits = value >= accepted.minimum and (not accepted.odd or value % 2 == 1)
+        return None if fits else ValueError
+    if isinstance(accepted, Real):
+        if type(value) not in (int, float):
+            return TypeError
+        if abs(value) > sys.float_info.max or value != value:  # beyond the float range, or NaN
+            return ValueError
+        above_low = value > accepted.low if accepted.low_open else value >= accepted.low
+        below_high = value < accepted.high if accepted.high_open else value <= accepted.high
+        return None if above_low and below_high and math.isfinite(value) else ValueError
+    if isinstance(accepted, Choice):
+        if type(value) is not str:
+            return TypeError
+        return None if value in accepted.choices else ValueError
+    assert isinstance(accepted, Flag)
+    return None if type(value) is bool else TypeError
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=cases(), name=st.sampled_from(sorted(METHODS)), data=st.data())
+def test_parameters_are_refused_or_give_valid_budgets(case, name, data):
+    cls = METHODS[name]
+    keys = data.draw(st.lists(st.sampled_from(sorted(cls.accepts)), unique=True, max_size=3)) if cls.accepts else []
+    params = {key: data.draw(hostile_value, label=key) for key in keys}
+    wrong = {key: expected_error(cls.accepts[key], value) for key, value in params.items()}
+    wrong = {key: error for key, error in wrong.items() if error is not None}
+    sources = {"headkv-r": {"head_scores": case["heads"]}, "headkv-r2": {"head_scores": case["heads"]},
+               "compresskv": {"head_scores": case["heads"], "layer_scores": case["layers"]}}.get(name, {})
+    if wrong:
+        with pytest.raises((TypeError, ValueError)) as info:
+            get_method(name, **sources, **params)
+        key = next((k for k in wrong if str(info.value).startswith(f"{k} must be ")), None)
+        assert key is not None, (params, str(info.value))
+        assert type(info.value) is wrong[key], (params, str(info.value))
+        return
+    method = get_method(name, **sources, **params)
+    shape, n = case["shape"], case["prompt_len"]
+    kv_size = max(case["kv_size"], method.min_kv_size)
+    check_kv_size(kv_size, method)
+    budgets = realised(method, {**case, "kv_size": kv_size}) if kv_size < n else None
+    if budgets is not None:
+        assert min(method.scoring.window, n) <= int(budgets.min()) and int(budgets.max()) <= n, (name, params)
+        if not params.get("faithful", False) and name != "full":
+            assert int(budgets.sum()) == kv_size * shape.num_layers * shape.num_kv_heads, (name, params)

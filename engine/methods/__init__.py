@@ -28,12 +28,21 @@ def method_parameters(name: str) -> dict[str, Any]:
     return {p.name: p.default for p in list(signature.parameters.values())[1:] if p.name != "model_name"}
 
 
+def not_a_method(value: object) -> TypeError:
+    """The error for a `method` argument that is neither a method name nor a `Method`."""
+    return TypeError(f"method must be a method name (one of {sorted(METHODS)}) or a Method, got {value!r}")
+
+
 def get_method(name: str, model_name: str | None = None, **params: Any) -> Method:
     """Instantiate the method called `name` with its parameters.
 
     Raises:
-        ValueError: unknown method name or parameter (the message lists the accepted ones).
+        TypeError: `name` is not a string, or a parameter has the wrong type.
+        ValueError: unknown method name or parameter (the message lists the accepted ones), or a parameter
+            outside its range.
     """
+    if not isinstance(name, str):
+        raise not_a_method(name)
     if name not in METHODS:
         raise ValueError(f"method={name!r} is unknown; choose one of {sorted(METHODS)}")
     accepted = method_parameters(name)
@@ -46,4 +55,4 @@ def get_method(name: str, model_name: str | None = None, **params: Any) -> Metho
     return cls(**params)
 
 
-__all__ = ["METHODS", "Method", "ModelShape", "Scoring", "get_method", "method_parameters"]
+__all__ = ["METHODS", "Method", "ModelShape", "Scoring", "get_method", "method_parameters", "not_a_method"]

@@ -7,7 +7,8 @@ import math
 import torch
 
 from .allocation import round_to_total, settle, uniform_budgets
-from .base import Method, ModelShape, Scoring, check_kv_size
+from ..arguments import Flag, Real
+from .base import Method, ModelShape, Scoring, scoring_accepts
 
 
 def head_shares(scores: torch.Tensor, total: int) -> torch.Tensor:
@@ -46,6 +47,7 @@ class AdaSnapKV(Method):
     unchanged. Defaults are those of the HeadKV paper's comparison (HeadKV's and KVCache-Factory's runners,
     METHODS.md 1(e), 3.5): `window=8`, `pool="max"`, `pool_size=7`, `window_reduce="mean"`, `group_reduce="mean"`,
     `alpha=0.2`, so every method here scores with the same window. AdaKV's own code defaults to `window=32`.
+    `alpha` is a finite number in [0, 1], the others as `Scoring` accepts them; `kv_size >= window`.
 
     `faithful=True` uses the published `floor(alpha * B)` and round-half-to-even (`ada_capacities`); because the
     engine allocates each layer's total before `adapt`, the published rounding error (at most `H / 2`) is then
@@ -54,18 +56,17 @@ class AdaSnapKV(Method):
 
     name = "ada-snapkv"
     description = "per-layer budget moved between KV heads by their window scores (Ada-SnapKV, GQA mode)"
+    accepts = {**scoring_accepts("window", "pool", "pool_size", "window_reduce", "group_reduce"),
+               "alpha": Real(0.0, 1.0), "faithful": Flag()}
 
     def __init__(self, window: int = 8, pool: str = "max", pool_size: int = 7, window_reduce: str = "mean",
                  group_reduce: str = "mean", alpha: float = 0.2, faithful: bool = False) -> None:
-        if not 0 <= alpha <= 1:
-            raise ValueError(f"alpha={alpha!r} must be in [0, 1]")
-        self.alpha = alpha
-        self.faithful = faithful
+        self.alpha = self.accept("alpha", alpha)
+        self.faithful = self.accept("faithful", faithful)
         self.scoring = Scoring(window=window, window_reduce=window_reduce, group_reduce=group_reduce, pool=pool,
                                pool_size=pool_size)
 
     def plan(self, shape: ModelShape, prompt_len: int, kv_size: int) -> torch.Tensor:
-        check_kv_size(kv_size, self.scoring.window, self.name)
         return uniform_budgets(shape, prompt_len, kv_size)
 
     def adapt(self, layer: int, budgets: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,9 @@ A method decides two things for every layer of a sequence:
 * **how many tokens each KV head keeps** (its budget, window included, as `kv_size` means in the papers), and
 * **how tokens are scored** before the top-`budget` selection (`Scoring`).
 
-The engine calls, per sequence:
+A method checks its parameters when it is built, against what its `accepts` declares (`Scoring` its fields). Before
+any planning, whatever the prompt, the engine refuses a `kv_size` below `method.min_kv_size` and calls
+`method.check_shape(shape)`. Then, per sequence:
 
 1. `method.plan(shape, prompt_len, kv_size)` before prefill: int64 `[num_layers, num_kv_heads]` budgets. The row
    sums are the layer totals the cache allocates; they never change afterwards.
@@ -28,12 +30,26 @@ everywhere.
 
 from __future__ import annotations
 
-import numbers
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import torch
+
+from raggedkv.kernels.window_scores import GROUP_REDUCES, POOLS, WINDOW_REDUCES
+
+from ..arguments import Accepted, Choice, Flag, Int
+
+SCORING_ACCEPTS: dict[str, Accepted] = {  # what every `Scoring` field accepts (the kernels' choices)
+    "kind": Choice(("window", "recency")),
+    "window": Int(1),
+    "window_reduce": Choice(WINDOW_REDUCES),
+    "group_reduce": Choice(GROUP_REDUCES),
+    "pool": Choice(POOLS),
+    "pool_size": Int(1, odd=True),
+    "share_across_heads": Flag(),
+    "sinks": Int(0),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,14 +73,18 @@ class Scoring:
     kind:
         ``"window"``: observation-window attention (SnapKV core; `raggedkv.kernels.window_scores`).
         ``"recency"``: positional scores, first `sinks` tokens highest, then the most recent (StreamingLLM).
-    window: observation-window size `w`; the last `w` prompt tokens are always kept.
+    window: observation-window size `w >= 1`; the last `w` prompt tokens are always kept.
     window_reduce: ``"sum"`` or ``"mean"`` over the window's queries.
     group_reduce: ``"mean"``, ``"max"`` or ``"sum"`` over the query heads of a GQA group.
     pool: ``"max"`` or ``"avg"`` 1-D pooling, stride 1, padding `pool_size // 2` (torch's pool1d semantics).
-    pool_size: odd pooling kernel size (1 disables pooling).
+    pool_size: odd pooling kernel size >= 1 (1 disables pooling).
     share_across_heads: if True, the KV heads' score rows are summed into one row that every KV head of the
         layer selects by (CompressKV).
-    sinks: number of leading tokens a ``"recency"`` scoring always keeps.
+    sinks: number of leading tokens (>= 0) a ``"recency"`` scoring always keeps.
+
+    Every field is checked against `SCORING_ACCEPTS` when a `Scoring` is built (TypeError for a wrong type,
+    ValueError for a value outside the range or choices), so a method's bad parameter is refused at construction,
+    the same on every backend.
     """
 
     kind: Literal["window", "recency"] = "window"
@@ -76,15 +96,43 @@ class Scoring:
     share_across_heads: bool = False
     sinks: int = 4
 
+    def __post_init__(self) -> None:
+        for field, accepted in SCORING_ACCEPTS.items():
+            accepted.check(field, getattr(self, field))
+
+
+def scoring_accepts(*fields: str) -> dict[str, Accepted]:
+    """`SCORING_ACCEPTS` restricted to the `Scoring` fields a method exposes as parameters."""
+    return {field: SCORING_ACCEPTS[field] for field in fields}
+
 
 class Method(ABC):
     """A compression method: per-layer, per-KV-head budgets and a scoring variant."""
 
     name: ClassVar[str]
     description: ClassVar[str]
+    # What each constructor parameter accepts (score-file parameters aside); the constructor checks with these.
+    accepts: ClassVar[dict[str, Accepted]] = {}
     # Score files the constructor reads: parameter -> kind (`head_scores.SCORE_KINDS`); None reads the packaged one.
     score_files: ClassVar[dict[str, str]] = {}
     scoring: Scoring
+
+    @property
+    def min_kv_size(self) -> int:
+        """The least `kv_size` this method can honour: its observation window (every head keeps the window).
+
+        The engine refuses a smaller `kv_size` before planning (`raggedkv.engine.checks.check_kv_size`), whatever
+        the prompt's length, so `plan` may assume `kv_size >= min_kv_size`.
+        """
+        return self.scoring.window
+
+    def accept(self, name: str, value: object) -> object:
+        """`value` checked against `self.accepts[name]` (TypeError / ValueError naming the parameter)."""
+        return self.accepts[name].check(name, value)
+
+    def check_shape(self, shape: ModelShape) -> None:
+        """Raise ValueError if this method cannot plan for a model of `shape` (e.g. a score file made for another
+        model). Nothing to check by default."""
 
     @abstractmethod
     def plan(self, shape: ModelShape, prompt_len: int, kv_size: int) -> torch.Tensor:
@@ -93,7 +141,7 @@ class Method(ABC):
         Args:
             shape: the model's attention shape.
             prompt_len: tokens in this sequence's prompt, >= 1.
-            kv_size: average tokens kept per head per layer, window included.
+            kv_size: average tokens kept per head per layer, window included; an int >= `min_kv_size`.
 
         Returns:
             int64 `[num_layers, num_kv_heads]` on the CPU, each entry in `[min(window, prompt_len), prompt_len]`.
@@ -116,8 +164,3 @@ class Method(ABC):
         """fp32 `[num_qo_heads]` weights on each query head's window scores in `layer`, or None for all ones."""
         return None
 
-
-def check_kv_size(kv_size: int, minimum: int, method: str) -> None:
-    """Raise ValueError unless `kv_size` is an integer of at least `minimum` (the method's window, or more)."""
-    if isinstance(kv_size, bool) or not isinstance(kv_size, numbers.Integral) or kv_size < minimum:
-        raise ValueError(f"kv_size={kv_size!r} is not valid for method {method!r}: it must be an integer >= {minimum}")

@@ -43,14 +43,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     calibrate.set_defaults(func=run_calibrate_layers)
 
 
+def describe_parameter(cls: type, key: str) -> str:
+    """What parameter `key` of method class `cls` accepts, as `raggedkv methods` prints it."""
+    if key in cls.score_files:
+        return f"a score file of kind {cls.score_files[key]!r} (a path or dict); None: the packaged one for the model"
+    return cls.accepts[key].describe()
+
+
 def describe_methods() -> str:
-    """One line per method (name and description), then its parameters with their defaults."""
+    """One line per method (name and description), then one line per parameter: default and accepted values."""
     width = max(map(len, METHODS))
     lines = []
     for name, cls in METHODS.items():
-        params = " ".join(f"{key}={value!r}" for key, value in method_parameters(name).items())
         lines.append(f"{name:<{width}}  {cls.description}")
-        lines.append(f"{'':<{width}}  {params}")
+        params = {f"{key}={value!r}": describe_parameter(cls, key) for key, value in method_parameters(name).items()}
+        key_width = max(map(len, params))
+        lines += [f"{'':<{width}}    {key:<{key_width}}  {accepted}" for key, accepted in params.items()]
     return "\n".join(lines)
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from ..arguments import Flag, Int, Real
 from .allocation import fill_to_total, settle
-from .base import Method, ModelShape, Scoring, check_kv_size
+from .base import Method, ModelShape, Scoring, scoring_accepts
 from .head_scores import (
     ScoreSource,
     check_head_table,
@@ -64,19 +65,25 @@ class CompressKV(Method):
     `layer_scores` / `head_scores`: path or dict; when None, the packaged
     `engine/data/<model-slug>-layer-scores.json` / `-semantic.json` for `model_name`, else
     construction fails naming the file needed. `raggedkv calibrate-layers` computes a layer-score file.
+    Accepted: `first_k` an int >= 1, `min_tokens` an int >= 0, `max_ratio` a finite number >= 1, `window` and
+    `pool_size` as `Scoring` accepts them; `kv_size >= window`.
     """
 
     name = "compresskv"
     description = "error-aware layer budgets; tokens from the layer's top-4 semantic retrieval heads (CompressKV)"
     score_files = {"layer_scores": "layer-scores", "head_scores": "semantic"}
+    accepts = {**scoring_accepts("window", "pool_size"), "first_k": Int(1), "min_tokens": Int(0),
+               "max_ratio": Real(1.0), "faithful": Flag()}
 
     def __init__(self, layer_scores: ScoreSource | None = None, head_scores: ScoreSource | None = None,
                  model_name: str | None = None, window: int = 8, pool_size: int = 5, first_k: int = 4,
                  min_tokens: int = 32, max_ratio: float = 3.0, faithful: bool = False) -> None:
-        if first_k < 1:
-            raise ValueError(f"first_k={first_k!r} must be >= 1")
-        if max_ratio < 1:
-            raise ValueError(f"max_ratio={max_ratio!r} must be >= 1 (the layer cap is max_ratio * kv_size)")
+        self.scoring = Scoring(window=window, window_reduce="sum", group_reduce="sum", pool="avg",
+                               pool_size=pool_size, share_across_heads=True)
+        first_k = self.accept("first_k", first_k)
+        self.min_tokens = self.accept("min_tokens", min_tokens)
+        self.max_ratio = self.accept("max_ratio", max_ratio)
+        self.faithful = self.accept("faithful", faithful)
         self.layer_source = resolve_score_source(layer_scores, model_name, self.score_files["layer_scores"],
                                                  self.name, "layer_scores")
         self.head_source = resolve_score_source(head_scores, model_name, self.score_files["head_scores"],
@@ -86,17 +93,14 @@ class CompressKV(Method):
             raise ValueError(f"layer-score file {describe_source(self.layer_source)} has only zero scores")
         self.head_table = read_head_scores(self.head_source)
         self.weights = retrieval_head_weights(self.head_table, first_k)
-        self.min_tokens = min_tokens
-        self.max_ratio = max_ratio
-        self.faithful = faithful
-        self.scoring = Scoring(window=window, window_reduce="sum", group_reduce="sum", pool="avg",
-                               pool_size=pool_size, share_across_heads=True)
 
-    def plan(self, shape: ModelShape, prompt_len: int, kv_size: int) -> torch.Tensor:
-        check_kv_size(kv_size, self.scoring.window, self.name)
+    def check_shape(self, shape: ModelShape) -> None:
         check_layer_table(self.layer_table, shape, f"layer-score file {describe_source(self.layer_source)}")
         check_head_table(self.head_table, shape, f"head-score file {describe_source(self.head_source)}")
-        max_tokens = int(self.max_ratio * kv_size)
+
+    def plan(self, shape: ModelShape, prompt_len: int, kv_size: int) -> torch.Tensor:
+        # No layer can hold more than the sequence's total, so the cap never needs to exceed it.
+        max_tokens = min(int(self.max_ratio * kv_size), kv_size * shape.num_layers)
         min_tokens = min(max(self.min_tokens, self.scoring.window), kv_size)
         layers = error_aware_layer_budgets(self.layer_table, kv_size, min_tokens, max_tokens)
         if self.faithful:

@@ -8,16 +8,20 @@ from typing import ClassVar
 import torch
 
 from .allocation import fill_to_total
-from .base import Method, ModelShape, Scoring, check_kv_size
+from ..arguments import Flag, Real
+from .base import Method, ModelShape, Scoring, scoring_accepts
 from .head_scores import ScoreSource, check_head_table, describe_source, read_head_scores, resolve_score_source
 
 
 def head_probabilities(scores: torch.Tensor, temp: float = 1.0) -> torch.Tensor:
-    """`p = (S / sum S) ** temp`, renormalised: fp64, same shape as the mean-score table `S`."""
-    total = scores.sum()
-    if total <= 0:
+    """`p = (S / sum S) ** temp`, renormalised: fp64, same shape as the mean-score table `S`.
+
+    Computed as `(S / max S) ** temp` renormalised (the same `p`): the largest entry is 1, so no `temp >= 0`
+    underflows the sum to zero. `temp = 0` gives every head the same share.
+    """
+    if scores.sum() <= 0:
         raise ValueError("head scores are all zero: cannot share a budget by them")
-    probs = (scores / total) ** temp
+    probs = (scores / scores.max()) ** temp
     return probs / probs.sum()
 
 
@@ -52,27 +56,31 @@ class HeadKV(Method):
     group are mean-reduced into one KV-head score. Defaults: `beta=1.01` (KVCache-Factory's `--head_beta`; HeadKV
     sweeps 1.005-10), `temp=1`. `head_scores` is a path or dict in HeadKV's JSON format; when None, the packaged
     `engine/data/<model-slug>-<kind>.json` for `model_name` is used, else construction fails naming that file.
+    Accepted: `beta` a finite number >= 1 (the floor `B - floor(B/beta)` must not be negative), `temp` a finite
+    number >= 0, the scoring parameters as `Scoring` accepts them; `kv_size >= window`.
     """
 
     score_files: ClassVar[dict[str, str]]
+    accepts = {**scoring_accepts("window", "pool", "pool_size", "group_reduce"), "beta": Real(1.0),
+               "temp": Real(0.0), "faithful": Flag()}
 
     def __init__(self, head_scores: ScoreSource | None = None, model_name: str | None = None, beta: float = 1.01,
                  window: int = 8, pool: str = "max", pool_size: int = 7, group_reduce: str = "mean",
                  temp: float = 1.0, faithful: bool = False) -> None:
-        if beta < 1:
-            raise ValueError(f"beta={beta!r} must be >= 1")
+        self.beta = self.accept("beta", beta)
+        self.faithful = self.accept("faithful", faithful)
+        temp = self.accept("temp", temp)
+        self.scoring = Scoring(window=window, window_reduce="mean", group_reduce=group_reduce, pool=pool,
+                               pool_size=pool_size)
         self.source = resolve_score_source(head_scores, model_name, self.score_files["head_scores"], self.name,
                                            "head_scores")
         self.table = read_head_scores(self.source)
         self.probs = head_probabilities(self.table, temp)
-        self.beta = beta
-        self.faithful = faithful
-        self.scoring = Scoring(window=window, window_reduce="mean", group_reduce=group_reduce, pool=pool,
-                               pool_size=pool_size)
+
+    def check_shape(self, shape: ModelShape) -> None:
+        check_head_table(self.table, shape, f"head-score file {describe_source(self.source)}")
 
     def plan(self, shape: ModelShape, prompt_len: int, kv_size: int) -> torch.Tensor:
-        check_kv_size(kv_size, self.scoring.window, self.name)
-        check_head_table(self.table, shape, f"head-score file {describe_source(self.source)}")
         window = self.scoring.window
         budget = kv_size - window
         grouped = (shape.num_layers, shape.num_kv_heads, shape.group_size)

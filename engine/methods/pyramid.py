@@ -7,7 +7,8 @@ import math
 import torch
 
 from .allocation import round_to_total
-from .base import Method, ModelShape, Scoring, check_kv_size
+from ..arguments import Flag, Real
+from .base import Method, ModelShape, Scoring, scoring_accepts
 
 
 def pyramid_capacities(num_layers: int, prompt_len: int, kv_size: int, window: int, beta: float,
@@ -44,24 +45,24 @@ class PyramidKV(Method):
     Budgets: `pyramid_capacities` plus the window, shared by all KV heads of a layer; a prompt of at most
     `kv_size` tokens is kept whole. Scoring as SnapKV in KVCache-Factory (window sum, then max-pool). Defaults
     (METHODS.md 3.2, KVCache-Factory's runner): `window=8`, `pool="max"`, `pool_size=7`, `beta=20`,
-    `group_reduce="mean"`. `faithful=True` reproduces the floored step (total above nominal); by default the total
-    is exactly `kv_size * num_layers * num_kv_heads`.
+    `group_reduce="mean"`. `beta` is a finite number >= 1 (`min = floor(B / beta)` must not exceed `B`), the others
+    as `Scoring` accepts them; `kv_size >= window`. `faithful=True` reproduces the floored step (total above
+    nominal); by default the total is exactly `kv_size * num_layers * num_kv_heads`.
     """
 
     name = "pyramidkv"
     description = "pyramid per-layer budgets, decreasing with depth (PyramidKV)"
+    accepts = {**scoring_accepts("window", "pool", "pool_size", "group_reduce"), "beta": Real(1.0),
+               "faithful": Flag()}
 
     def __init__(self, window: int = 8, pool: str = "max", pool_size: int = 7, beta: float = 20.0,
                  group_reduce: str = "mean", faithful: bool = False) -> None:
-        if beta < 1:
-            raise ValueError(f"beta={beta!r} must be >= 1")
-        self.beta = beta
-        self.faithful = faithful
+        self.beta = self.accept("beta", beta)
+        self.faithful = self.accept("faithful", faithful)
         self.scoring = Scoring(window=window, window_reduce="sum", group_reduce=group_reduce, pool=pool,
                                pool_size=pool_size)
 
     def plan(self, shape: ModelShape, prompt_len: int, kv_size: int) -> torch.Tensor:
-        check_kv_size(kv_size, self.scoring.window, self.name)
         if prompt_len <= kv_size:
             return torch.full((shape.num_layers, shape.num_kv_heads), prompt_len, dtype=torch.int64)
         caps = pyramid_capacities(shape.num_layers, prompt_len, kv_size, self.scoring.window, self.beta,
