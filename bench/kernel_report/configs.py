@@ -50,15 +50,14 @@ KERNEL_FAMILIES = ("decode", "window_scores", "select_pack", "append")
 class ModelShape:
     """Attention shape of one model family."""
 
-    label: str
     num_qo_heads: int
     num_kv_heads: int
     head_dim: int
 
 
 MODELS = {
-    "llama": ModelShape("Llama-3-8B/Mistral-7B", 32, 8, 128),
-    "smollm2": ModelShape("SmolLM2-135M", 9, 3, 64),
+    "llama": ModelShape(32, 8, 128),  # Llama-3-8B and Mistral-7B
+    "smollm2": ModelShape(9, 3, 64),  # SmolLM2-135M
 }
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 SHAPES = {  # name -> (model, cache and activation dtype)
@@ -71,9 +70,8 @@ SHAPES = {  # name -> (model, cache and activation dtype)
 
 @dataclass(frozen=True)
 class Case:
-    """One engine call of a launcher: `family`, shape name, a short description, and its launches."""
+    """One engine call of a launcher: shape name, a short description, and its launches."""
 
-    family: str
     shape: str
     description: str
     launches: list[Launch]
@@ -95,7 +93,8 @@ def _cache_views(model: ModelShape, dtype: torch.dtype, rows: int) -> tuple[torc
     return kv[0], kv[1]
 
 
-def decode_case(model: ModelShape, dtype: torch.dtype, arch: ArchLimits, batch: int, kv_size: int, layer: int):
+def decode_case(model: ModelShape, dtype: torch.dtype, arch: ArchLimits, batch: int, kv_size: int, layer: int
+                ) -> tuple[str, list[Launch]]:
     """Launches of one decode step of layer `layer` at `kv_size` kept tokens per segment."""
     segments = batch * model.num_kv_heads
     capacity = kv_size + HEADROOM
@@ -109,7 +108,7 @@ def decode_case(model: ModelShape, dtype: torch.dtype, arch: ArchLimits, batch: 
     return f"batch {batch}, kv_size {kv_size}, chunk {chunk_size} x {max_chunks}, layer {layer}", launches
 
 
-def scoring_case(model: ModelShape, dtype: torch.dtype, window: int, variant: str):
+def scoring_case(model: ModelShape, dtype: torch.dtype, window: int, variant: str) -> tuple[str, list[Launch]]:
     """Launches of one layer's window scores over a `PROMPT_LEN` prompt."""
     options = dict(SCORING_VARIANTS[variant])
     weights = _empty(model.num_qo_heads, dtype=torch.float32) if options.pop("weighted") else None
@@ -123,7 +122,8 @@ def scoring_case(model: ModelShape, dtype: torch.dtype, window: int, variant: st
     return f"n {PROMPT_LEN}, w {window}, {variant}", launches
 
 
-def select_pack_case(model: ModelShape, dtype: torch.dtype, window: int, kv_size: int, layer: int, seq: int):
+def select_pack_case(model: ModelShape, dtype: torch.dtype, window: int, kv_size: int, layer: int, seq: int
+                     ) -> tuple[str, list[Launch]]:
     """Launches packing sequence `seq` (of a batch of 2) of a `PROMPT_LEN` prompt into `kv_size` tokens per KV
     head of layer `layer`."""
     heads = model.num_kv_heads
@@ -138,7 +138,8 @@ def select_pack_case(model: ModelShape, dtype: torch.dtype, window: int, kv_size
     return f"n {PROMPT_LEN}, w {window}, kv_size {kv_size}, layer {layer}, seq {seq}", launches
 
 
-def append_case(model: ModelShape, dtype: torch.dtype, batch: int, kv_size: int, layer: int):
+def append_case(model: ModelShape, dtype: torch.dtype, batch: int, kv_size: int, layer: int
+                ) -> tuple[str, list[Launch]]:
     """Launches appending one decode token per segment of layer `layer`."""
     segments = batch * model.num_kv_heads
     k_new = _empty(batch, model.num_kv_heads, model.head_dim, dtype=dtype).view(segments, model.head_dim)
@@ -163,15 +164,15 @@ def shipped_cases(shape: str, arch: ArchLimits, families: tuple[str, ...] = KERN
     variants = list(SCORING_VARIANTS)[:1] if reduced else list(SCORING_VARIANTS)
     calls = []
     if "decode" in families:
-        calls += [("decode", decode_case, (model, dtype, arch, b, kv, layer))
+        calls += [(decode_case, (model, dtype, arch, b, kv, layer))
                   for b, kv in decode_cases for layer in layers]
     if "window_scores" in families:
-        calls += [("window_scores", scoring_case, (model, dtype, w, variant)) for w in WINDOWS for variant in variants]
+        calls += [(scoring_case, (model, dtype, w, variant)) for w in WINDOWS for variant in variants]
     if "select_pack" in families:
-        calls += [("select_pack", select_pack_case, (model, dtype, w, 2048, layer, seq))
+        calls += [(select_pack_case, (model, dtype, w, 2048, layer, seq))
                   for w in WINDOWS for layer in layers for seq in seqs]
     if "append" in families:
-        calls += [("append", append_case, (model, dtype, b, 2048, layer)) for b in (1, 8) for layer in layers]
-    for family, build, args in calls:
+        calls += [(append_case, (model, dtype, b, 2048, layer)) for b in (1, 8) for layer in layers]
+    for build, args in calls:
         description, launches = build(*args)
-        yield Case(family, shape, description, launches)
+        yield Case(shape, description, launches)
