@@ -10,6 +10,7 @@ and numbers must be finite.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 
@@ -100,4 +101,17 @@ class Flag:
         return value
 
 
-Accepted = Int | Real | Choice | Flag
+@dataclass(frozen=True)
+class PathOrDict:
+    """A file path (str or os.PathLike), a dict of its contents, or None (a default file)."""
+
+    def describe(self) -> str:
+        return "a path (str or os.PathLike), a dict or None"
+
+    def check(self, name: str, value: object) -> object:
+        if value is not None and not isinstance(value, str | os.PathLike | dict):
+            raise _refuse(TypeError, name, self.describe(), value)
+        return value
+
+
+Accepted = Int | Real | Choice | Flag | PathOrDict

@@ -81,9 +81,9 @@ class Engine:
         head-score files. Arguments as in `from_pretrained`.
         """
         check_model_type(model.config)
-        if not isinstance(method, str) and (head_scores is not None or method_params):
+        if isinstance(method, Method) and (head_scores is not None or method_params):
             raise ValueError("head_scores and method parameters go with a method name, not a Method instance")
-        if isinstance(method, str):
+        if not isinstance(method, Method):  # a name; get_method refuses anything else by name
             extra = {"head_scores": head_scores} if head_scores is not None else {}
             method = get_method(method, model_name=model.name_or_path or None, **extra, **method_params)
         device = next(model.parameters()).device

@@ -87,7 +87,8 @@ def calls(draw, hostile_values: bool):
 
     name = draw(st.sampled_from(sorted(METHODS)))
     cls = METHODS[name]
-    keys = draw(st.lists(st.sampled_from(sorted(cls.accepts)), unique=True, max_size=2)) if cls.accepts else []
+    tunable = sorted(set(cls.accepts) - set(cls.score_files))  # score files: SCORE_FILES
+    keys = draw(st.lists(st.sampled_from(tunable), unique=True, max_size=2)) if tunable else []
     params = {key: pick(accepted_value(cls.accepts[key]), hostile, key) for key in keys}
     sampling = {"max_new_tokens": pick(st.integers(1, 4), st.sampled_from([0, -1, 2.0, None]), "max_new_tokens")}
     if draw(st.booleans()):

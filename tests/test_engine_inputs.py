@@ -110,6 +110,8 @@ def test_prompt_longer_than_the_context(engine):
 def test_unknown_method():
     with pytest.raises(ValueError, match="method='snapkvv' is unknown"):
         Engine.from_model(tiny_model(), method="snapkvv")
+    with pytest.raises(TypeError, match=r"method must be a method name \(one of \['ada-snapkv'.*got 5"):
+        Engine.from_model(tiny_model(), method=5)
 
 
 def test_unsupported_model_type(tmp_path):

@@ -349,11 +349,13 @@ def score_files_for(name: str) -> dict:
         ("headkv-r", {"faithful": 1}, TypeError, "faithful must be True or False, got 1"),
         ("streamingllm", {"sinks": 4.0}, TypeError, "sinks must be an int >= 0, got 4.0"),
         ("compresskv", {"max_ratio": 10**400}, ValueError, "max_ratio must be a finite number >= 1"),
+        ("headkv-r2", {"head_scores": 5}, TypeError, "head_scores must be a path (str or os.PathLike), a dict or None"),
+        ("compresskv", {"layer_scores": [1.0]}, TypeError, "layer_scores must be a path (str or os.PathLike), a dict"),
     ],
 )
 def test_bad_parameters_are_refused_at_construction(name, params, error, message):
     with pytest.raises(error) as info:
-        get_method(name, **score_files_for(name), **params)
+        get_method(name, **{**score_files_for(name), **params})
     assert str(info.value).startswith(message)
 
 

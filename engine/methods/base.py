@@ -111,7 +111,7 @@ class Method(ABC):
 
     name: ClassVar[str]
     description: ClassVar[str]
-    # What each constructor parameter accepts (score-file parameters aside); the constructor checks with these.
+    # What each constructor parameter accepts; the constructor checks with these.
     accepts: ClassVar[dict[str, Accepted]] = {}
     # Score files the constructor reads: parameter -> kind (`head_scores.SCORE_KINDS`); None reads the packaged one.
     score_files: ClassVar[dict[str, str]] = {}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..arguments import Flag, Int, Real
+from ..arguments import Flag, Int, PathOrDict, Real
 from .allocation import fill_to_total, settle
 from .base import Method, ModelShape, Scoring, scoring_accepts
 from .head_scores import (
@@ -73,7 +73,8 @@ class CompressKV(Method):
     description = "error-aware layer budgets; tokens from the layer's top-4 semantic retrieval heads (CompressKV)"
     score_files = {"layer_scores": "layer-scores", "head_scores": "semantic"}
     accepts = {**scoring_accepts("window", "pool_size"), "first_k": Int(1), "min_tokens": Int(0),
-               "max_ratio": Real(1.0), "faithful": Flag()}
+               "max_ratio": Real(1.0), "faithful": Flag(), "layer_scores": PathOrDict(),
+               "head_scores": PathOrDict()}
 
     def __init__(self, layer_scores: ScoreSource | None = None, head_scores: ScoreSource | None = None,
                  model_name: str | None = None, window: int = 8, pool_size: int = 5, first_k: int = 4,
@@ -84,10 +85,10 @@ class CompressKV(Method):
         self.min_tokens = self.accept("min_tokens", min_tokens)
         self.max_ratio = self.accept("max_ratio", max_ratio)
         self.faithful = self.accept("faithful", faithful)
-        self.layer_source = resolve_score_source(layer_scores, model_name, self.score_files["layer_scores"],
-                                                 self.name, "layer_scores")
-        self.head_source = resolve_score_source(head_scores, model_name, self.score_files["head_scores"],
-                                                self.name, "head_scores")
+        self.layer_source = resolve_score_source(self.accept("layer_scores", layer_scores), model_name,
+                                                 self.score_files["layer_scores"], self.name, "layer_scores")
+        self.head_source = resolve_score_source(self.accept("head_scores", head_scores), model_name,
+                                                self.score_files["head_scores"], self.name, "head_scores")
         self.layer_table = read_layer_scores(self.layer_source)
         if self.layer_table.sum() <= 0:
             raise ValueError(f"layer-score file {describe_source(self.layer_source)} has only zero scores")

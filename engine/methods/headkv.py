@@ -8,7 +8,7 @@ from typing import ClassVar
 import torch
 
 from .allocation import fill_to_total
-from ..arguments import Flag, Real
+from ..arguments import Flag, PathOrDict, Real
 from .base import Method, ModelShape, Scoring, scoring_accepts
 from .head_scores import ScoreSource, check_head_table, describe_source, read_head_scores, resolve_score_source
 
@@ -62,7 +62,7 @@ class HeadKV(Method):
 
     score_files: ClassVar[dict[str, str]]
     accepts = {**scoring_accepts("window", "pool", "pool_size", "group_reduce"), "beta": Real(1.0),
-               "temp": Real(0.0), "faithful": Flag()}
+               "temp": Real(0.0), "faithful": Flag(), "head_scores": PathOrDict()}
 
     def __init__(self, head_scores: ScoreSource | None = None, model_name: str | None = None, beta: float = 1.01,
                  window: int = 8, pool: str = "max", pool_size: int = 7, group_reduce: str = "mean",
@@ -72,8 +72,8 @@ class HeadKV(Method):
         temp = self.accept("temp", temp)
         self.scoring = Scoring(window=window, window_reduce="mean", group_reduce=group_reduce, pool=pool,
                                pool_size=pool_size)
-        self.source = resolve_score_source(head_scores, model_name, self.score_files["head_scores"], self.name,
-                                           "head_scores")
+        self.source = resolve_score_source(self.accept("head_scores", head_scores), model_name,
+                                           self.score_files["head_scores"], self.name, "head_scores")
         self.table = read_head_scores(self.source)
         self.probs = head_probabilities(self.table, temp)
 
