@@ -43,10 +43,11 @@ Numerics: two paths, chosen by `_is_exact`.
 On both, logits, log-sum-exp, probabilities and sums are fp32, with `exp2` and `log2(e)` folded into the scale.
 Inputs may be fp16, bf16 or fp32; any head_dim (padded to a power of two >= 16 and masked).
 
-Tested under the Triton interpreter (CPU) against the fp64 reference, tolerance 1e-5 relative on both paths (the
-tensor-core path with fp16 inputs; measured max error at head_dim 128: 1.1e-6 fp16, 1.7e-6 fp32). bf16 tensor-core
-dots are covered by the kernel resource report's ahead-of-time compile and by the same tests on a GPU; the kernels
-have not yet run on a GPU.
+Tested under the Triton interpreter (CPU) against the fp64 reference (tolerances derived in
+`tests/test_window_scores.py`: 1e-5 exact path, 5e-5 tensor-core path; measured max error at head_dim 128:
+1.7e-6 fp32, 1.1e-6 fp16). The tensor-core path is covered there with fp16 inputs; bf16 tensor-core dots are
+covered by the kernel resource report's ahead-of-time compile and by the same tests on a GPU; the kernels have not
+yet run on a GPU.
 Not supported: batched sequences in one call (call it per sequence), fp64/fp8 inputs, a precomputed LSE from
 the prefill attention, autograd. Performance note (GPU): pass 1 is not split over keys, so long prompts run it on
 `num_kv_heads * cdiv(group_size * w, 64)` programs (16 for Llama-3-8B at w = 32); a key split with an LSE merge

@@ -1,17 +1,19 @@
 """window_scores: the Triton kernels against window_scores_ref (fp64), the reference against SDPA, the launch
 description on `meta` tensors, memory, bad arguments.
 
-Paths and tolerances (relative to the largest expected score, `tests.utils.assert_close`):
+Paths and tolerances (max error relative to the largest expected score, `tests.utils.assert_close`):
 - Tensor-core path (q_win and k both fp16, or both bf16 on a GPU): tiles feed `tl.dot` in their own dtype with fp32
-  accumulation. Neither pass multiplies probabilities in a dot (pass 2 sums them along the rows of the transposed
-  logits), so no P is ever rounded to half precision: a product of two half-precision numbers is exact in fp32, and
-  the only error is the fp32 accumulation of `head_dim` products into a logit, |dt| <= head_dim * u * c * sum|q k|
-  (u = 2^-24 rounding, 2^-23 on tensor cores that truncate), which moves a probability by ln(2) * (|dt| + |dlse|)
-  relative. For these inputs that is ~1e-6 typical (the worst-case bound is ~4e-4, never approached by random
-  signs); measured under the interpreter at head_dim 128: 1.1e-6 (fp16; fp32 path 1.7e-6). Tolerance
-  `TOL_TENSOR_CORE` = 1e-5, the fp32 tolerance.
-- Exact path (an fp32 input, mixed dtypes, or bf16 on the CPU): tiles upcast to fp32, IEEE fp32 dots; the same
-  bound with fp32-rounded products, tolerance `TOLERANCE[torch.float32]` = 1e-5.
+  accumulation. Neither pass multiplies probabilities in a dot (pass 2 sums them in fp32 along the rows of the
+  transposed logits), so no P is rounded to half precision. A product of two half-precision numbers is exact in
+  fp32; the only error is accumulating `head_dim` products c * q_j * k_j into a logit t (c = sm_scale * log2 e),
+  which moves a probability by ln(2) * (|dt| + |dlse|) relative. With round-to-nearest (numpy under the interpreter)
+  the error is a random walk, |dt| ~ u * sqrt(sum_j |partial sum_j|^2) ~ 2e-6 for these inputs (q ~ 2 N(0, 1),
+  k ~ N(0, 1), head_dim 128, u = 2^-24); measured 1.1e-6. A GPU accumulator that truncates (a directed error of up
+  to 2u per addition) can add up to u * sum_j |partial sum_j| ~ 3e-5. Tolerance `TOL_TENSOR_CORE` = 5e-5 covers
+  both, and still fails a P rounded to fp16 (~2e-4 on these shapes) or bf16 (~1e-3).
+- Exact path (an fp32 input, mixed dtypes, or bf16 on the CPU): tiles upcast to fp32, IEEE fp32 dots (rounded
+  products, round-to-nearest accumulation): the random-walk bound, measured 1.7e-6; tolerance
+  `TOLERANCE[torch.float32]` = 1e-5.
 Under the Triton interpreter (CPU) bf16 arithmetic is wrong, so bf16 inputs on the CPU take the exact path and the
 tensor-core path is covered there with fp16 inputs; bf16 tensor-core dots are covered by the kernel resource report
 (ahead-of-time compile for sm_80/sm_90) and by these same tests on a GPU.
@@ -40,7 +42,7 @@ from raggedkv.kernels.window_scores import (
 )
 from tests.utils import TOLERANCE, assert_close
 
-TOL_TENSOR_CORE = 1e-5
+TOL_TENSOR_CORE = 5e-5
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
