@@ -17,7 +17,7 @@ import torch
 from ..default_model import DEFAULT_MODEL
 from ..methods import METHODS
 from ..methods.head_scores import HEAD_SCORE_KINDS, kinds_read_by
-from ..models import load_model
+from ..models import load_model, model_shape
 
 DEFAULT_LENGTHS = (500, 1000, 1500, 2000)  # the grid of the shipped SmolLM2 files
 DEFAULT_DEPTHS = (0, 25, 50, 75, 100)
@@ -87,7 +87,8 @@ def run_score_heads(args: argparse.Namespace) -> int:
     records = run_grid(model, tokenizer, settings, path[".trials.jsonl"], resume=args.resume,
                        progress=not args.no_progress)
 
-    layers, heads = model.config.num_hidden_layers, model.config.num_attention_heads
+    shape = model_shape(model.config)
+    layers, heads = shape.num_layers, shape.num_qo_heads
     lists = head_score_lists(records, layers, heads)
     table = mean_table(lists, layers, heads)
     summary = summarize(table)

@@ -16,7 +16,7 @@ import torch
 from transformers import AttentionInterface, DynamicCache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from ..models import attention_implementation
+from ..models import attention_implementation, model_shape
 
 TRACE_ATTENTION = "raggedkv_head_trace"
 
@@ -63,7 +63,7 @@ def greedy_trace(model, prompt_ids: Sequence[int], max_new_tokens: int,
     """
     if len(prompt_ids) == 0:
         raise ValueError("prompt_ids is empty")
-    num_layers = model.config.num_hidden_layers
+    num_layers = model_shape(model.config).num_layers
     ids = torch.tensor([list(prompt_ids)], device=model.device)
     cache = DynamicCache(config=model.config)
     with attention_implementation(model, TRACE_ATTENTION):

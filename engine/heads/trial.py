@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..models import eos_token_ids
+from ..models import eos_token_ids, model_shape
 from .acceptance import accepted, answer_metric
 from .needles import Needle
 from .prompt import build_trial_prompt
@@ -47,7 +47,8 @@ def run_trial(model, tokenizer, kind: str, needle: Needle, spec: TrialSpec, chat
         return token in eos or "\n" in tokenizer.decode([token])
 
     rule = STEP_RULES[kind]
-    scores = torch.zeros(model.config.num_hidden_layers, model.config.num_attention_heads, dtype=torch.float64)
+    shape = model_shape(model.config)
+    scores = torch.zeros(shape.num_layers, shape.num_qo_heads, dtype=torch.float64)
     generated: list[int] = []
     for step in greedy_trace(model, prompt.ids, step_limit, stop):
         scores += rule(step.attention, step.token, prompt_ids, prompt.span)
