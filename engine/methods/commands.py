@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -89,22 +88,8 @@ def read_prompts(path: Path) -> list[str] | dict[str, list[str]]:
     return sets
 
 
-def load_model(name: str, device: str) -> tuple[Any, Any]:
-    """(model, tokenizer) for a local Hugging Face folder, else through the engine's model resolution."""
-    if Path(name).is_dir():
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        model = AutoModelForCausalLM.from_pretrained(name).to(device).eval()
-        return model, AutoTokenizer.from_pretrained(name)
-    try:
-        from raggedkv.engine import Engine
-    except ImportError as error:
-        raise ValueError(f"--model {name!r} is not a local model folder and the engine cannot load it ({error})")
-    engine = Engine.from_pretrained(name, method="full", device=device)
-    return engine.model, engine.tokenizer
-
-
 def run_calibrate_layers(args: argparse.Namespace) -> int:
+    from ..models import load_model
     from .calibrate import calibrate_layers
 
     prompts = read_prompts(args.prompts_file)
