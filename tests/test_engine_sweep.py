@@ -84,7 +84,7 @@ def test_sweep_with_one_variant_is_generate():
         ([], ValueError, "variants must be a non-empty list"),
         ("snapkv", ValueError, "variants must be a non-empty list"),
         ([("snapkv", 16), ("snapkv",)], ValueError, r"variants\[1\] must be a \(method, kv_size\) pair"),
-        ([("snapkv", 4)], ValueError, r"kv_size=4 is below the method's observation window \(8\)"),
+        ([("snapkv", 4)], ValueError, r"kv_size must be an int >= 8 \(the least method 'snapkv' keeps per head.*got 4"),
         ([("snapkv", 16.0)], TypeError, "kv_size must be an int"),
         ([("nosuchkv", 16)], ValueError, "nosuchkv"),
     ],
