@@ -47,7 +47,7 @@ def test_bad_arguments_exit_with_a_message(model_dir, capsys):
     with pytest.raises(SystemExit) as exit_info:
         _generate(model_dir, "--kv-size", "3", "--prompt", "hello there")
     assert exit_info.value.code == 2
-    assert "kv_size=3 is below the method's observation window" in capsys.readouterr().err
+    assert "kv_size must be an int >= 8 (the least method 'snapkv' keeps per head" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         _generate(model_dir, "--prompt", "x", "--prompt-file", "y.txt")  # mutually exclusive
     with pytest.raises(SystemExit):
