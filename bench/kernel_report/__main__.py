@@ -41,7 +41,9 @@ def _document(arch_rows: dict[str, list]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the report; returns the exit status (1 only for `--check` with a failing configuration)."""
-    parser = argparse.ArgumentParser(prog="python -m bench.kernel_report", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.kernel_report", description=(
+        "Compile every shipped kernel configuration ahead of time for sm_80/sm_90 (no GPU) and report registers, "
+        "spills, shared memory, theoretical occupancy and instruction mix read back from the cubin."))
     parser.add_argument("--arch", nargs="+", choices=sorted(ARCHS), default=sorted(ARCHS))
     parser.add_argument("--shape", nargs="+", choices=list(SHAPES), default=list(SHAPES))
     parser.add_argument("--kernel", nargs="+", choices=KERNEL_FAMILIES, default=list(KERNEL_FAMILIES),
