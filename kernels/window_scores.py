@@ -29,8 +29,9 @@ exactly these); three of them (two with `pool_size == 1`, none when `w == n`), k
     3. `_pool1d_kernel`, grid `(num_kv_heads, cdiv(n - w, BLOCK_POOL))`: the 1-D pooling.
 Block sizes, warps and stages come from `_lse_config`/`_scores_config` (pure functions of the shape and path, no
 autotuning). At the engine's shapes (Llama-3-8B/Mistral-7B fp16/bf16, SmolLM2-135M bf16/fp32; windows 8/32/64;
-prompts up to 32K) both passes compile without spills for sm_80 and sm_90, and the tensor-core path issues
-HMMA (sm_80) / HMMA or wgmma (sm_90) instructions.
+prompts up to 32K) both passes compile without spills for sm_80 and sm_90 under Triton 3.6 and 3.9 (pass 2 takes
+the group size as a constexpr for that, see its kernel), and the tensor-core path issues HMMA (sm_80) / HMMA or
+wgmma (sm_90) instructions.
 
 Numerics: two paths, chosen by `_is_exact`.
 - Tensor-core path (q_win and k both fp16, or both bf16 off the CPU): tiles load in their own dtype and feed
@@ -165,10 +166,10 @@ def _window_scores_launches(
         Launch(
             _window_scores_kernel,
             (num_kv_heads, triton.cdiv(m, block_n)),
-            (q_win, k, lse, weights, scores, m, w, group_size, qk_scale,
+            (q_win, k, lse, weights, scores, m, w, qk_scale,
              1.0 / w if window_reduce == "mean" else 1.0, 1.0 / group_size, *strides),
             dict(shared, HAS_WEIGHTS=qo_head_weights is not None, GROUP_REDUCE=_GROUP_REDUCE_CODE[group_reduce],
-                 BLOCK_M=block_m, BLOCK_N=block_n),
+                 GROUP_SIZE=group_size, BLOCK_M=block_m, BLOCK_N=block_n),
             warps,
             stages,
         )

@@ -77,9 +77,10 @@ def _window_lse_kernel(
 @triton.jit
 def _window_scores_kernel(
     q_ptr, k_ptr, lse_ptr, weights_ptr, out_ptr,
-    m, w, group_size, qk_scale, window_scale, group_scale,
+    m, w, qk_scale, window_scale, group_scale,
     stride_q_head, stride_q_row, stride_k_head, stride_k_tok,
     HEAD_DIM: tl.constexpr, EXACT: tl.constexpr, HAS_WEIGHTS: tl.constexpr, GROUP_REDUCE: tl.constexpr,
+    GROUP_SIZE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     # q_ptr: [num_qo_heads, w, HEAD_DIM]; k_ptr: [num_kv_heads, n, HEAD_DIM]; lse_ptr: [num_qo_heads, w] fp32
@@ -88,6 +89,9 @@ def _window_scores_kernel(
     # Program (kv_head, key block): BLOCK_N prefix keys, loaded once, against all w rows of every group head.
     # The logits are computed transposed, keys x rows = K.Q^T, so the column sum over the window is a row
     # reduction inside each thread's fragment of the dot output. EXACT as in _window_lse_kernel.
+    # GROUP_SIZE (query heads per KV head) is a constexpr: with a runtime trip count the head loop has a zero-trip
+    # path, and ptxas spilled a value live across it on sm_80 (Triton 3.6 and 3.9, CompressKV's settings); a
+    # constant trip count >= 1 removes that path. One compile per model group size.
     tl.static_assert(BLOCK_M >= 16 and BLOCK_N >= 16 and BLOCK_D >= 16, "tl.dot needs M, N, K >= 16")
     kv_head = tl.program_id(0).to(tl.int64)
     k_pos = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -104,8 +108,8 @@ def _window_scores_kernel(
         acc = tl.full([BLOCK_N], float("-inf"), tl.float32)
     else:
         acc = tl.zeros([BLOCK_N], tl.float32)
-    for g in range(group_size):
-        qo_head = kv_head * group_size + g
+    for g in range(GROUP_SIZE):
+        qo_head = kv_head * GROUP_SIZE + g
         # Column sums of this head's window probabilities, one row tile at a time (prefix keys are seen by every
         # window row: no causal mask; padding rows get lse = +inf, so p = 0).
         col = tl.zeros([BLOCK_N], tl.float32)
