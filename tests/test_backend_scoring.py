@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
 from raggedkv.engine.backend import TORCH_BACKEND, TRITON_BACKEND
 from raggedkv.kernels.reference import WINDOW_KEY_CHUNK, window_scores_chunked, window_scores_ref
-from tests.utils import TOLERANCE, assert_close
+from tests.utils import TOLERANCE, RecordOutputBytes, assert_close
 
 VARIANTS = [
     {},
@@ -54,21 +52,6 @@ def test_chunked_scores_any_chunk_and_dtype(device, dtype, key_chunk):
     assert_close(got, window_scores_ref(q_win.double(), k.double(), window_reduce="sum"), TOLERANCE[torch.float32])
 
 
-class _RecordOutputBytes(TorchDispatchMode):
-    """Records the size in bytes of every tensor any aten op returns while active."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.outputs: list[tuple[str, tuple[int, ...], int]] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor):
-                self.outputs.append((str(func), tuple(t.shape), t.numel() * t.element_size()))
-        return out
-
-
 def _repeated_keys_scores(q_win: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """The positive control: a `repeat_kv` copy of K, as a naive scorer makes."""
     return k.repeat_interleave(q_win.shape[0] // k.shape[0], dim=0).sum(dim=1)
@@ -88,7 +71,7 @@ def test_backend_scoring_allocates_no_window_by_prompt_tensor(device, fn, materi
     q_win, k = _inputs(num_kv_heads, group, head_dim, w, n, torch.float32, device)
     limit = w * (n - w) * 4
     assert max(q_win.numel(), k.numel()) * 4 < limit
-    with _RecordOutputBytes() as recorder:
+    with RecordOutputBytes() as recorder:
         fn(q_win, k)
     too_big = [(op, shape) for op, shape, size in recorder.outputs if size >= limit]
     assert bool(too_big) == materialises, too_big

@@ -26,8 +26,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
 from raggedkv.kernels.reference import window_scores_ref
 from raggedkv.kernels.window_scores import (
@@ -40,7 +38,7 @@ from raggedkv.kernels.window_scores import (
     _window_scores_launches,
     window_scores,
 )
-from tests.utils import TOLERANCE, assert_close
+from tests.utils import TOLERANCE, RecordOutputBytes, assert_close
 
 TOL_TENSOR_CORE = 5e-5
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -249,21 +247,6 @@ def test_window_scores_ref_matches_sdpa(device, window_reduce, group_reduce, poo
     assert_close(got, expected, TOLERANCE[torch.float64])
 
 
-class _RecordOutputBytes(TorchDispatchMode):
-    """Records the size in bytes of every tensor any aten op returns while active."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.outputs: list[tuple[str, tuple[int, ...], int]] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor):
-                self.outputs.append((str(func), tuple(t.shape), t.numel() * t.element_size()))
-        return out
-
-
 def _materialised_logits(q_win: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """The positive control: the `[heads, w, n]` logits a naive scorer builds."""
     return torch.matmul(q_win, k.repeat_interleave(q_win.shape[0] // k.shape[0], dim=0).transpose(1, 2))
@@ -277,7 +260,7 @@ def test_window_scores_allocates_no_window_by_prompt_tensor(device, fn, material
     q_win, k = _inputs(num_kv_heads, group, head_dim, w, n, torch.float32, device)
     limit = w * (n - w) * 4
     assert max(q_win.numel(), k.numel()) * 4 < limit
-    with _RecordOutputBytes() as recorder:
+    with RecordOutputBytes() as recorder:
         fn(q_win, k)
     too_big = [(op, shape) for op, shape, size in recorder.outputs if size >= limit]
     assert bool(too_big) == materialises, too_big
