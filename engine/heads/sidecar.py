@@ -15,8 +15,9 @@ from .acceptance import THRESHOLD
 from .prompt import BUFFER_TOKENS, QUESTION_TEMPLATE
 from .run import RunSettings
 
-METRICS = {"retrieval": "rouge1_recall(answer, response) x 100", "reasoning": "qa_f1(response, answer) x 100",
-           "semantic": "rouge1_recall(answer, response) x 100"}
+METRICS = {"retrieval": "ROUGE-1 recall of the answer in the response (eval.metrics.rouge1) x 100",
+           "reasoning": "QA F1 of the response against the answer (eval.metrics.qa_f1_score) x 100",
+           "semantic": "ROUGE-1 recall of the answer in the response (eval.metrics.rouge1) x 100"}
 
 
 def _version(package: str) -> str | None:
