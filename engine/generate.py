@@ -17,7 +17,7 @@ from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
 from .backend import Backend, get_backend
 from .checks import check_kv_size, check_prompt_ids, check_sampling, check_text_prompts
 from .default_model import DEFAULT_MODEL, resolve_model
-from .hf import check_model_type
+from .hf import check_model_support
 from .methods import Method, get_method
 from .models import load_model
 from .outputs import GenerationResult, GenerationStats
@@ -60,7 +60,7 @@ class Engine:
             method or backend, or a bad dtype.
         """
         path = resolve_model(model)
-        check_model_type(AutoConfig.from_pretrained(path))
+        check_model_support(AutoConfig.from_pretrained(path))
         hf_model, tokenizer = load_model(path, device, dtype)
         return cls.from_model(hf_model, tokenizer, method, head_scores=head_scores, backend=backend, **method_params)
 
@@ -80,7 +80,7 @@ class Engine:
         calls, so it stays usable elsewhere. `model.name_or_path` names the model for the methods that read packaged
         head-score files. Arguments as in `from_pretrained`.
         """
-        check_model_type(model.config)
+        check_model_support(model.config, type(model))
         if isinstance(method, Method) and (head_scores is not None or method_params):
             raise ValueError("head_scores and method parameters go with a method name, not a Method instance")
         if not isinstance(method, Method):  # a name; get_method refuses anything else by name

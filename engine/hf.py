@@ -32,7 +32,6 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .cache import RaggedKVCache
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral")
 ATTENTION_NAME = "raggedkv"
 TESTED_TRANSFORMERS = (Version("5.17"), Version("5.24"))  # [low, high)
 
@@ -54,12 +53,53 @@ def check_transformers_version(version: str = transformers.__version__) -> None:
 check_transformers_version()
 
 
-def check_model_type(config: transformers.PretrainedConfig) -> None:
-    """Raise ValueError naming the model type unless it is one the engine supports."""
+def check_model_support(config: transformers.PretrainedConfig, model_class: type | None = None) -> None:
+    """Raise ValueError, naming the feature, unless the model's attention is one the ragged cache reproduces exactly.
+
+    Accepted: a causal LM (`model_class`, default the class `AutoModelForCausalLM` maps `config` to) whose attention
+    goes through transformers' `AttentionInterface` (`_supports_attention_backend`), with full causal attention in
+    every layer and one head_dim for queries, keys and values. Refused: sliding-window or chunked layers
+    (`config.layer_types`, e.g. Qwen2 with `use_sliding_window=True`, Gemma2), soft-capped attention
+    (`attn_logit_softcapping`), and different key and value head sizes (`v_head_dim`, as in multi-head latent
+    attention). A Mistral-style `sliding_window` without `layer_types` is accepted here: a sequence that stays
+    inside the window is attended in full, and `checks.check_prompt_ids` refuses any sequence that would not.
+    """
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
     model_type = getattr(config, "model_type", None)
-    if model_type not in SUPPORTED_MODEL_TYPES:
+    if model_class is None:
+        model_class = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(config), None)
+    if model_class is None or getattr(config, "is_encoder_decoder", False):
+        raise ValueError(f"model type {model_type!r} is not supported: it is not a decoder-only causal LM")
+    if not getattr(model_class, "_supports_attention_backend", False):
         raise ValueError(
-            f"model type {model_type!r} is not supported; supported model types: {list(SUPPORTED_MODEL_TYPES)}"
+            f"model type {model_type!r} is not supported: {model_class.__name__} does not run its attention through "
+            "transformers' AttentionInterface"
+        )
+    other_layers = sorted({kind for kind in getattr(config, "layer_types", None) or [] if kind != "full_attention"})
+    if other_layers:
+        raise ValueError(
+            f"model type {model_type!r} is not supported: its config.layer_types has {other_layers} layers "
+            "(sliding-window or chunked attention), and the ragged cache implements only full causal attention"
+        )
+    for feature in ("attn_logit_softcapping", "attention_chunk_size"):
+        if getattr(config, feature, None) is not None:
+            raise ValueError(
+                f"model type {model_type!r} is not supported: {feature}={getattr(config, feature)} "
+                f"({'soft-capped' if 'softcapping' in feature else 'chunked'} attention), and the ragged cache "
+                "implements only plain full causal attention"
+            )
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    other_sizes = {
+        name: getattr(config, name)
+        for name in ("qk_head_dim", "v_head_dim")
+        if getattr(config, name, None) not in (None, head_dim)
+    }
+    if other_sizes:
+        raise ValueError(
+            f"model type {model_type!r} is not supported: {other_sizes} differ from head_dim={head_dim}, and the "
+            "ragged cache holds one head_dim for queries, keys and values"
         )
 
 

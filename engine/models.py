@@ -2,7 +2,7 @@
 end-of-sequence ids and the switch of its attention implementation.
 
 Where a model name leads (the default model, converted once from its GGUF file, or a local folder) is
-`default_model`; which model families the engine's ragged cache supports is `hf.check_model_type`.
+`default_model`; which models the engine's ragged cache supports (by capability) is `hf.check_model_support`.
 
 Dtype policy (`resolve_dtype`, used by every loader): bfloat16 on CUDA, float32 on every other device, unless a
 dtype is asked for; only float32, float16 and bfloat16 (a `torch.dtype` or its name) are accepted.

@@ -1,14 +1,34 @@
-"""Helpers for the engine tests: tiny seeded random Llama/Mistral models, a character tokenizer, HF's greedy output."""
+"""Helpers for the engine tests: tiny seeded random Llama/Mistral/Qwen2/Qwen3/Phi3 models, a character tokenizer, HF's greedy output."""
 
 from __future__ import annotations
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    Phi3Config,
+    Phi3ForCausalLM,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+)
 
 VOCAB = 96
 EOS = 2
 _CHARS = " abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,;:!?'\"()-\n"
+
+FAMILIES = {
+    "llama": (LlamaConfig, LlamaForCausalLM),
+    "mistral": (MistralConfig, MistralForCausalLM),
+    "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+    "qwen3": (Qwen3Config, Qwen3ForCausalLM),
+    "phi3": (Phi3Config, Phi3ForCausalLM),
+}
 
 
 def tiny_model(
@@ -20,10 +40,12 @@ def tiny_model(
     head_dim: int = 16,
     context: int = 256,
     seed: int = 0,
+    **config_overrides,
 ):
-    """A seeded fp32 random `LlamaForCausalLM` / `MistralForCausalLM` with `eos_token_id=EOS`, in eval mode."""
-    classes = {"llama": (LlamaConfig, LlamaForCausalLM), "mistral": (MistralConfig, MistralForCausalLM)}
-    config_cls, model_cls = classes[family]
+    """A seeded fp32 random model of `family` (a key of `FAMILIES`) with `eos_token_id=EOS`, in eval mode.
+
+    `config_overrides` go to the config as keywords (e.g. ``sliding_window=8``)."""
+    config_cls, model_cls = FAMILIES[family]
     config = config_cls(
         vocab_size=VOCAB,
         hidden_size=heads * head_dim,
@@ -37,6 +59,7 @@ def tiny_model(
         eos_token_id=EOS,
         pad_token_id=0,
         attn_implementation="sdpa",
+        **config_overrides,
     )
     torch.manual_seed(seed)
     return model_cls(config).eval()

@@ -6,7 +6,7 @@ import math
 import warnings
 
 import pytest
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import T5Config, T5ForConditionalGeneration
 
 from raggedkv.engine import Engine, default_model
 from raggedkv.engine.backend import get_backend
@@ -116,12 +116,12 @@ def test_unknown_method():
 
 
 def test_unsupported_model_type(tmp_path):
-    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=16, vocab_size=32, n_positions=32))
-    supported = r"model type 'gpt2' is not supported; supported model types: \['llama', 'mistral'\]"
-    with pytest.raises(ValueError, match=supported):
-        Engine.from_model(gpt2, method="full")
-    gpt2.config.save_pretrained(tmp_path)  # from a folder: refused before any weights are read
-    with pytest.raises(ValueError, match="model type 'gpt2' is not supported"):
+    t5 = T5ForConditionalGeneration(T5Config(num_layers=1, num_heads=2, d_model=16, d_kv=8, d_ff=32, vocab_size=32))
+    refused = r"model type 't5' is not supported: it is not a decoder-only causal LM"
+    with pytest.raises(ValueError, match=refused):
+        Engine.from_model(t5, method="full")
+    t5.config.save_pretrained(tmp_path)  # from a folder: refused before any weights are read
+    with pytest.raises(ValueError, match=refused):
         Engine.from_pretrained(str(tmp_path), method="full")
 
 
