@@ -6,7 +6,18 @@
     out.text, out.token_ids, out.stats
 """
 
-from .generate import Engine
-from .outputs import GenerationResult, GenerationStats
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {"Engine": ".generate", "GenerationResult": ".outputs", "GenerationStats": ".outputs"}
+
+
+def __getattr__(name: str) -> object:
+    """The exports, imported on first use, so that the `raggedkv` CLI loads torch only for commands that need it."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+
 
 __all__ = ["Engine", "GenerationResult", "GenerationStats"]

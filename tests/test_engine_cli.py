@@ -55,8 +55,10 @@ def test_bad_arguments_exit_with_a_message(model_dir, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_parser_lists_the_registered_commands():
-    parser = cli.build_parser()
-    commands = parser._subparsers._group_actions[0].choices
-    assert {"generate", "demo"} <= set(commands)
-    assert all(hasattr(module, "register") for module in cli.COMMAND_MODULES)
+def test_parser_lists_every_command_and_registers_only_the_chosen_ones():
+    full = cli.build_parser()._subparsers._group_actions[0].choices
+    assert list(full) == list(cli.COMMANDS)
+    assert [name for name, parser in full.items() if parser.get_default("func") is None] == ["eval"]  # per task
+    listed = cli.build_parser(load=["generate"])._subparsers._group_actions[0].choices
+    assert list(listed) == list(cli.COMMANDS)
+    assert listed["generate"].get_default("func") is not None and listed["eval"].get_default("func") is None

@@ -65,13 +65,10 @@ def tiny_model(tmp_path_factory) -> str:
     return str(folder)
 
 
-def run_cli(argv: list[str], monkeypatch) -> int:
-    """`raggedkv ARGV` through the project's entry point, with the eval commands registered."""
+def run_cli(argv: list[str]) -> int:
+    """`raggedkv ARGV` through the project's entry point."""
     from raggedkv.engine import cli
-    from raggedkv.engine.eval import commands
 
-    if commands not in cli.COMMAND_MODULES:
-        monkeypatch.setattr(cli, "COMMAND_MODULES", (*cli.COMMAND_MODULES, commands))
     return cli.main(argv)
 
 
@@ -98,11 +95,11 @@ def test_niah_from_python(tiny_model, tmp_path):
     assert tmp_path / "niah-accuracy.png" in result.files and (tmp_path / "niah-accuracy.png").stat().st_size > 0
 
 
-def test_reasoning_from_the_command_line(tiny_model, tmp_path, capsys, monkeypatch):
+def test_reasoning_from_the_command_line(tiny_model, tmp_path, capsys):
     out = tmp_path / "reasoning.json"
     code = run_cli(["eval", "reasoning", "--model", tiny_model, "--methods", "full,snapkv", "--kv-sizes", "16",
                     "--lengths", "250", "--depths", "0:100:50", "--needles", "2", "--max-new-tokens", "4",
-                    "--out", str(out), "--no-progress", "--threads", str(torch.get_num_threads())], monkeypatch)
+                    "--out", str(out), "--no-progress", "--threads", str(torch.get_num_threads())])
     assert code == 0
     printed = capsys.readouterr().out
     assert "distracted_%" in printed and f"wrote {out}" in printed
@@ -171,7 +168,7 @@ def write_longbench_fixtures(folder: Path) -> dict[str, list[dict]]:
     return examples
 
 
-def test_longbench_from_python_and_the_command_line(tiny_model, tmp_path, capsys, monkeypatch):
+def test_longbench_from_python_and_the_command_line(tiny_model, tmp_path, capsys):
     examples = write_longbench_fixtures(tmp_path)
     datasets = list(examples)
     result = run_longbench(tmp_path, datasets, model=tiny_model, methods=["full", "snapkv"], kv_sizes=[16],
@@ -188,13 +185,13 @@ def test_longbench_from_python_and_the_command_line(tiny_model, tmp_path, capsys
     out = tmp_path / "lb.json"
     code = run_cli(["eval", "longbench", "--data-dir", str(tmp_path), "--datasets", "lcc", "trec", "--model",
                     tiny_model, "--methods", "snapkv", "--kv-sizes", "16", "--max-new-tokens", "4", "--out", str(out),
-                    "--no-progress"], monkeypatch)
+                    "--no-progress"])
     assert code == 0
     assert "average" in capsys.readouterr().out
     assert len(json.loads(out.read_text())["records"]) == 2
 
 
-def test_bad_arguments_name_what_is_wrong(tiny_model, tmp_path, capsys, monkeypatch):
+def test_bad_arguments_name_what_is_wrong(tiny_model, tmp_path, capsys):
     with pytest.raises(ValueError, match="'nosuchkv'"):
         run_niah(model=tiny_model, methods=["nosuchkv"], progress=False)
     with pytest.raises(ValueError, match="depths holds 150"):
@@ -206,7 +203,6 @@ def test_bad_arguments_name_what_is_wrong(tiny_model, tmp_path, capsys, monkeypa
                  out=tmp_path / "x.json", progress=False)
     assert json.loads((tmp_path / "x.json").read_text())["records"] == []
     with pytest.raises(SystemExit) as exit_:
-        run_cli(["eval", "longbench", "--data-dir", str(tmp_path), "--datasets", "qasper", "--model", tiny_model],
-                monkeypatch)
+        run_cli(["eval", "longbench", "--data-dir", str(tmp_path), "--datasets", "qasper", "--model", tiny_model])
     assert exit_.value.code == 2
     assert "raggedkv eval: error: data_dir=" in capsys.readouterr().err
