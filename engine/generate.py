@@ -1,4 +1,4 @@
-"""`Engine`: compressed generation for Hugging Face Llama and Mistral models on the ragged cache.
+"""`Engine`: compressed generation for Hugging Face decoder models on the ragged cache (`hf.check_model_support`).
 
 The API half of generation: loading, argument checks, prompts to token ids and token ids to `GenerationResult`s.
 The model-facing half (prefill, the decode step and the decode loop) is `runner.ModelRunner`. `sweep` puts several
@@ -45,7 +45,8 @@ class Engine:
         backend: str | Backend = "auto",
         **method_params,
     ) -> Engine:
-        """Load `model` (``"smollm2-135m-instruct"``, converted on first use, or a local HF folder) and its tokenizer.
+        """Load `model` (``"smollm2-135m-instruct"``, converted on first use, a local HF folder, or a Hub id already in
+        the local Hugging Face cache) and its tokenizer.
 
         Args:
             method: a method name (see `raggedkv.engine.methods.METHODS`) or a `Method` instance.
@@ -56,7 +57,7 @@ class Engine:
             method_params: the method's own parameters (e.g. ``window=8``).
 
         Raises:
-            FileNotFoundError: an unknown model name or folder. ValueError: an unsupported model type, unknown
+            FileNotFoundError: an unknown model name, folder or Hub id. ValueError: an unsupported model, unknown
             method or backend, or a bad dtype.
         """
         path = resolve_model(model)

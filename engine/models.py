@@ -47,13 +47,15 @@ def load_model(
     device: torch.device | str | None = None,
     dtype: torch.dtype | str | None = None,
 ) -> tuple[Any, Any]:
-    """(model in eval mode on `device`, its tokenizer) for the default model's name or a local HF folder.
+    """(model in eval mode on `device`, its tokenizer) for the default model's name, a local HF folder
+    or a Hub id in the local Hugging Face cache.
 
     Args:
         device: default `default_device()`. dtype: default per the module's dtype policy (`resolve_dtype`).
 
     Raises:
-        FileNotFoundError: neither the default model's name nor a local folder with a config.json.
+        FileNotFoundError: neither the default model's name, nor a local folder with a config.json, nor a cached
+            Hub id.
         ValueError: a bad dtype.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -66,7 +68,7 @@ def load_model(
 
 
 def model_shape(config: Any) -> ModelShape:
-    """The attention shape of a Llama/Mistral-style transformers config (`head_dim` defaults to
+    """The attention shape of a decoder's transformers config (`head_dim` defaults to
     `hidden_size // num_attention_heads`, `num_key_value_heads` to `num_attention_heads`)."""
     heads = config.num_attention_heads
     return ModelShape(

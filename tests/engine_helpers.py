@@ -1,4 +1,5 @@
-"""Helpers for the engine tests: tiny seeded random Llama/Mistral/Qwen2/Qwen3/Phi3 models, a character tokenizer, HF's greedy output."""
+"""Helpers for the engine tests: tiny seeded random models of several families (`FAMILIES`), a character tokenizer,
+HF's greedy output."""
 
 from __future__ import annotations
 
