@@ -13,6 +13,9 @@ import math
 import os
 from dataclasses import dataclass
 
+DEFAULT_MAX_NEW_TOKENS = 64
+"""`max_new_tokens` of `Engine.generate`, `generate_ids` and `sweep` and of `raggedkv generate` (kept free of torch)."""
+
 
 def _refuse(error: type[Exception], name: str, accepted: str, value: object) -> Exception:
     return error(f"{name} must be {accepted}, got {value!r}")

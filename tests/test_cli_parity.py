@@ -1,0 +1,130 @@
+"""`raggedkv generate` against the API: the same defaults, the new flags giving the API's tokens, CLI errors, and
+`raggedkv --help` loading neither torch nor transformers."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from raggedkv.engine import Engine, cli
+from raggedkv.engine import commands as engine_commands
+from raggedkv.engine.backend import BACKEND_NAMES
+from tests.engine_helpers import char_tokenizer, tiny_model
+
+CHAT_TEMPLATE = "{% for message in messages %}[{{ message['content'] }}]{% endfor %}"
+PROMPT = "the quick brown fox jumps over the lazy dog."
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-llama-chat")
+    tiny_model(seed=31).save_pretrained(folder)
+    tokenizer = char_tokenizer()
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def generate_defaults() -> dict:
+    parser = cli.build_parser(load=["generate"])
+    return vars(parser.parse_args(["generate", "--prompt", "x"]))
+
+
+def api_default(function, name: str) -> object:
+    return inspect.signature(function).parameters[name].default
+
+
+def test_generate_defaults_are_the_apis():
+    cli_defaults = generate_defaults()
+    for name in ("kv_size", "max_new_tokens", "temperature", "top_p", "seed", "chat_template"):
+        assert cli_defaults[name] == api_default(Engine.generate, name), name
+    for name in ("model", "method", "head_scores", "device", "dtype", "backend"):
+        assert cli_defaults[name] == api_default(Engine.from_pretrained, name), name
+    assert engine_commands.BACKEND_CHOICES == BACKEND_NAMES
+
+
+def test_the_command_table_matches_what_the_modules_register():
+    parser = cli.build_parser()
+    helps = {action.dest: action.help for action in parser._subparsers._group_actions[0]._choices_actions}
+    assert helps == {name: help_text for name, (_, help_text) in cli.COMMANDS.items()}
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["generate", "--help"], ["demo", "--help"]])
+def test_help_loads_neither_torch_nor_transformers(argv):
+    script = ("import sys\nfrom raggedkv.engine import cli\ntry:\n    cli.main(sys.argv[1:])\nexcept SystemExit:\n"
+              "    pass\nprint(sorted({'torch', 'transformers'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, check=True).stdout
+    assert "usage: raggedkv" in out and out.strip().endswith("[]")
+
+
+def run_json(model_dir, capsys, *flags) -> dict:
+    argv = ["generate", "--model", model_dir, "--backend", "torch", "--max-new-tokens", "6", "--prompt", PROMPT,
+            "--json", *flags]
+    assert cli.main(argv) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def api_tokens(model_dir, method="snapkv", head_scores=None, generate_kwargs=None, **params) -> list[int]:
+    engine = Engine.from_pretrained(model_dir, method=method, head_scores=head_scores, backend="torch", **params)
+    return engine.generate(PROMPT, max_new_tokens=6, **(generate_kwargs or {})).token_ids
+
+
+def test_method_parameters_reach_the_method(model_dir, capsys):
+    out = run_json(model_dir, capsys, "--method", "pyramidkv", "--kv-size", "12", "--param", "window=4",
+                   "--param", "pool=avg")
+    assert out["stats"]["method"] == "pyramidkv"
+    assert out["token_ids"] == api_tokens(model_dir, "pyramidkv", generate_kwargs={"kv_size": 12}, window=4,
+                                          pool="avg")
+
+
+def test_head_score_file_reaches_headkv(model_dir, tmp_path, capsys):
+    scores = {f"{layer}-{head}": torch.rand(3).tolist() for layer in range(2) for head in range(4)}
+    path = tmp_path / "scores.json"
+    path.write_text(json.dumps(scores), encoding="utf-8")
+    out = run_json(model_dir, capsys, "--method", "headkv-r", "--kv-size", "10", "--head-scores", str(path),
+                   "--param", "beta=2", "--param", "faithful=true")
+    assert out["token_ids"] == api_tokens(model_dir, "headkv-r", head_scores=str(path),
+                                          generate_kwargs={"kv_size": 10}, beta=2.0, faithful=True)
+
+
+def test_sampling_flags_and_chat_template_switch(model_dir, capsys):
+    sampled = run_json(model_dir, capsys, "--temperature", "1.5", "--top-p", "0.9", "--seed", "7")
+    assert sampled["token_ids"] == api_tokens(model_dir, generate_kwargs={"temperature": 1.5, "top_p": 0.9,
+                                                                         "seed": 7})
+    chat = run_json(model_dir, capsys)
+    plain = run_json(model_dir, capsys, "--no-chat-template")
+    assert chat["stats"]["prompt_tokens"] == plain["stats"]["prompt_tokens"] + 2  # the template's "[" and "]"
+    assert plain["token_ids"] == api_tokens(model_dir, generate_kwargs={"chat_template": False})
+
+
+def test_threads_sets_torch_threads(model_dir, capsys):
+    before = torch.get_num_threads()
+    try:
+        run_json(model_dir, capsys, "--threads", "1")
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--param", "window=abc"], "--param window=abc: window must be an int"),
+    (["--param", "beta=2"], "method 'snapkv' has no parameter 'beta'; its parameters are ["),
+    (["--param", "window=4", "--param", "window=6"], "--param window is given twice"),
+    (["--method", "headkv-r", "--param", "head_scores=x.json"], "score files go in --head-scores/--layer-scores"),
+    (["--method", "headkv-r", "--param", "faithful=maybe"], "faithful must be one of ['true'"),
+    (["--layer-scores", "layers.json"], "--layer-scores 'layers.json': method 'snapkv' reads no such file; "
+                                        "['compresskv'] do"),
+    (["--method", "nope"], "--method 'nope' is unknown"),
+    (["--threads", "0"], "--threads: must be an int >= 1, got '0'"),
+    (["--param", "window"], "'window' is not NAME=VALUE"),
+])
+def test_bad_flags_exit_with_a_message_in_cli_terms(model_dir, capsys, flags, message):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["generate", "--model", model_dir, "--prompt", "x", *flags])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
