@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import torch
 from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from .arguments import DEFAULT_MAX_NEW_TOKENS
 from .backend import Backend, get_backend
 from .checks import check_kv_size, check_prompt_ids, check_sampling, check_text_prompts
 from .default_model import DEFAULT_MODEL, resolve_model
@@ -96,7 +97,7 @@ class Engine:
         prompt: str | Sequence[str],
         *,
         kv_size: int | None = None,
-        max_new_tokens: int = 64,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         temperature: float = 0.0,
         top_p: float = 1.0,
         seed: int | None = None,
@@ -139,7 +140,7 @@ class Engine:
         prompt_ids: Sequence[Sequence[int]],
         *,
         kv_size: int | None = None,
-        max_new_tokens: int = 64,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         temperature: float = 0.0,
         top_p: float = 1.0,
         seed: int | None = None,
@@ -157,7 +158,7 @@ class Engine:
         prompt: str | Sequence[int],
         variants: Sequence[tuple[str | Method, int | None]],
         *,
-        max_new_tokens: int = 64,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         temperature: float = 0.0,
         top_p: float = 1.0,
         seed: int | None = None,
