@@ -4,6 +4,8 @@ are refused by name; Hub ids in the local Hugging Face cache load without the ne
 
 from __future__ import annotations
 
+import socket
+
 import huggingface_hub.constants
 import pytest
 from raggedkv.engine import Engine
@@ -11,7 +13,7 @@ from raggedkv.engine.default_model import resolve_model
 from raggedkv.engine.methods import METHODS
 from transformers import Gemma2Config, Gemma2ForCausalLM
 
-from tests.engine_helpers import FAMILIES, hf_greedy, random_prompts, tiny_model
+from tests.engine_helpers import FAMILIES, char_tokenizer, hf_greedy, random_prompts, tiny_model
 from tests.test_engine_methods import tiny_score_files
 
 NEW_TOKENS = 8
@@ -82,16 +84,23 @@ def test_mistral_sliding_window_at_or_past_the_context_is_full_attention():
 
 
 def test_hub_id_in_the_local_cache_loads_without_the_network(tmp_path, monkeypatch):
-    model = tiny_model("qwen3", seed=17)
+    """A tiny model laid out as the hub cache does (models--org--name/snapshots/<rev>/, refs/main), loaded by id."""
+    model, tokenizer = tiny_model("qwen3", seed=17), char_tokenizer()
     revision = "0123456789abcdef0123456789abcdef01234567"
     repo = tmp_path / "hub" / "models--tiny-org--tiny-qwen3"
     model.save_pretrained(repo / "snapshots" / revision)
+    tokenizer.save_pretrained(repo / "snapshots" / revision)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(revision)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+
+    def no_network(*args, **kwargs):
+        raise OSError("the test forbids network access")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
     assert resolve_model("tiny-org/tiny-qwen3") == repo / "snapshots" / revision
     engine = Engine.from_pretrained("tiny-org/tiny-qwen3", method="full", device="cpu", backend="torch")
+    assert engine.tokenizer("a b").input_ids == tokenizer("a b").input_ids
     (ids,) = random_prompts([12], seed=18)
     assert engine.generate_ids([ids], max_new_tokens=4)[0].token_ids == hf_greedy(model, ids, 4)
     with pytest.raises(FileNotFoundError, match="nor a Hub id in the local Hugging Face cache"):
