@@ -101,7 +101,9 @@ class RaggedKVCache:
         self.kv_indptr = torch.zeros(num_layers, batch * num_kv_heads + 1, dtype=torch.int32, device=device)
         self.kv_lens = torch.zeros(num_layers, batch * num_kv_heads, dtype=torch.int32, device=device)
         self.capacities = torch.zeros(num_layers, batch * num_kv_heads, dtype=torch.int64)  # host copy
-        self.appended = [0] * num_layers
+        # Tokens appended to every segment of every layer so far: a host counter that the decode loop
+        # (`ModelRunner.decode`) advances after each step; `append` leaves it alone, so a step changes no host state.
+        self.decode_steps = 0
 
     @property
     def row_bytes(self) -> int:
@@ -148,25 +150,23 @@ class RaggedKVCache:
     def append(self, layer: int, k_new: torch.Tensor, v_new: torch.Tensor) -> None:
         """Append one token to every segment of `layer` (`k_new`, `v_new`: `[batch * num_kv_heads, head_dim]`).
 
-        Raises:
-            RuntimeError: the layer already used its decode headroom (checked on the host: no device read).
+        Device work only: no host state changes and nothing is read back, so a decode step can be captured. The
+        headroom guard is the caller's (`ModelRunner` checks `decode_steps < headroom` before each step); a segment
+        that is already full is left unchanged by the kernel.
         """
-        if self.appended[layer] >= self.headroom:
-            raise RuntimeError(f"layer {layer}: all {self.headroom} rows of decode headroom are used")
         self.backend.append_kv(k_new, v_new, *self.layer(layer))
-        self.appended[layer] += 1
 
     def reset(self) -> None:
         """Empty every segment (lengths to zero), keeping the allocation and the layout."""
         self.kv_lens.zero_()
-        self.appended = [0] * self.num_layers
+        self.decode_steps = 0
 
     def memory(self) -> KVMemory:
         """Measured bytes per layer and sequence (reads `kv_lens` from the device once)."""
         valid_rows = self.kv_lens.view(self.num_layers, self.batch, self.num_kv_heads).sum(dim=2).cpu()
-        tokens = torch.tensor(self.prompt_lens, dtype=torch.int64)[None, :] + torch.tensor(self.appended)[:, None]
+        tokens = torch.tensor(self.prompt_lens, dtype=torch.int64) + self.decode_steps  # [B]
         return KVMemory(
             allocated=self.region_rows * self.row_bytes,
             valid=valid_rows.to(torch.int64) * self.row_bytes,
-            full=tokens * self.num_kv_heads * self.row_bytes,
+            full=tokens.expand(self.num_layers, -1) * self.num_kv_heads * self.row_bytes,
         )

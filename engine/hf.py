@@ -137,9 +137,10 @@ class RaggedLayer(CacheLayerMixin):
         return self.get_seq_length() + query_length, 0
 
     def get_seq_length(self) -> int:
-        """Positions seen by the longest sequence (prompt plus appended tokens); host counters only."""
+        """Positions seen by the longest sequence before this step: its prompt plus the decode steps the runner has
+        counted (host counters only, unchanged during a step)."""
         cache = self.owner.ragged
-        return max(cache.prompt_lens) + cache.appended[self.layer_idx]
+        return max(cache.prompt_lens) + cache.decode_steps
 
     def get_max_length(self) -> int:
         return -1

@@ -5,7 +5,11 @@ layer, into one `RaggedKVCache` for the batch (several variants of one prompt sh
 `decode` advances all sequences together, one token per step, with `decode_step` (one `append_kv` and one
 `ragged_decode_attention` per layer, whatever the batch and head counts; explicit positions; sizes fixed before the
 first step, so a step allocates nothing that depends on the data and, on the Triton backend, reads nothing back
-from the device). Argument checks and turning tokens into results belong to the `Engine` API (`generate.py`).
+from the device). The step has no host-side state: it reads static token/position buffers (`StepInputs`) that the
+loop writes in place, and the loop, not the cache's `append`, counts steps (`RaggedKVCache.decode_steps`, which
+`get_seq_length` reads) and checks the decode headroom on the host before each step. That is what a CUDA-graph
+capture of the step needs. Argument checks and turning tokens into results belong to the `Engine` API
+(`generate.py`).
 """
 
 from __future__ import annotations
@@ -69,6 +73,15 @@ class Prefilled:
     kept: torch.Tensor
     memory: KVMemory
     prefill_seconds: list[float]
+
+
+@dataclass(frozen=True)
+class StepInputs:
+    """The decode step's static input buffers, allocated once per generation and written in place between steps,
+    so every step reads the same addresses: `tokens` (the last sampled token) and `positions` int64 `[batch, 1]`."""
+
+    tokens: torch.Tensor
+    positions: torch.Tensor
 
 
 @dataclass
@@ -152,10 +165,18 @@ class ModelRunner:
         kept = torch.stack([compressor.kept for compressor in compressors])
         return Prefilled(cache, hf_cache, variants, lens, torch.stack(logits), kept, cache.memory(), seconds)
 
-    def decode_step(self, hf_cache: RaggedHFCache, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """One decode step for the whole batch: `tokens`, `positions` int64 `[batch, 1]` -> logits `[batch, vocab]`."""
+    def decode_step(self, hf_cache: RaggedHFCache, inputs: StepInputs) -> torch.Tensor:
+        """One decode step for the whole batch, reading the static `inputs` -> logits `[batch, vocab]`.
+
+        Device work only: it reads nothing back and changes no host-side state (the loop checks the headroom and
+        counts the step around it), so the same call could be captured once and replayed.
+        """
         out = self.model(
-            input_ids=tokens, position_ids=positions, past_key_values=hf_cache, use_cache=True, ragged_cache=hf_cache
+            input_ids=inputs.tokens,
+            position_ids=inputs.positions,
+            past_key_values=hf_cache,
+            use_cache=True,
+            ragged_cache=hf_cache,
         )
         return out.logits[:, -1]
 
@@ -163,23 +184,38 @@ class ModelRunner:
         self, state: Prefilled, first: torch.Tensor, sampling: SamplingParams, generator: torch.Generator | None
     ) -> Decoded:
         """Decode from the int64 `[batch]` `first` tokens until every sequence has produced an end token or
-        `sampling.max_new_tokens` tokens (the ragged attention implementation must be selected)."""
+        `sampling.max_new_tokens` tokens (the ragged attention implementation must be selected).
+
+        Raises:
+            RuntimeError: a step would need more rows than the cache's decode headroom (checked on the host from the
+                step counter, before the step).
+        """
         start = time.perf_counter()
-        batch, max_new_tokens = first.shape[0], sampling.max_new_tokens
+        batch, max_new_tokens, cache = first.shape[0], sampling.max_new_tokens, state.cache
         tokens = torch.empty(batch, max_new_tokens, dtype=torch.int64, device=self.device)
         tokens[:, 0] = first
         eos = torch.tensor(self.eos_ids, dtype=torch.int64, device=self.device)
         finished = torch.isin(first, eos)
-        positions = torch.tensor(state.prompt_lens, dtype=torch.int64, device=self.device)[:, None]
+        inputs = StepInputs(
+            tokens=first[:, None].clone(),
+            positions=torch.tensor(state.prompt_lens, dtype=torch.int64, device=self.device)[:, None],
+        )
         check_every = EOS_CHECK_EVERY_CUDA if self.device.type == "cuda" else 1
         steps = 0
         for step in range(1, max_new_tokens):
             if (step - 1) % check_every == 0 and bool(finished.all()):
                 break
-            logits = self.decode_step(state.hf_cache, tokens[:, step - 1 : step], positions)
+            if cache.decode_steps >= cache.headroom:
+                raise RuntimeError(
+                    f"decode step {step}: all {cache.headroom} rows of decode headroom are used "
+                    f"(the cache was sized for max_new_tokens={cache.headroom + 1})"
+                )
+            logits = self.decode_step(state.hf_cache, inputs)
+            cache.decode_steps += 1
             tokens[:, step] = sample(logits, sampling.temperature, sampling.top_p, generator)
             finished |= torch.isin(tokens[:, step], eos)
-            positions += 1
+            inputs.tokens.copy_(tokens[:, step : step + 1])
+            inputs.positions.add_(1)
             steps = step
         synchronize(self.device)
         return Decoded(tokens[:, : steps + 1], steps, time.perf_counter() - start)

@@ -59,7 +59,7 @@ def test_pack_keeps_top_tokens_and_window_and_writes_nothing_else():
     assert (cache.kv[:, ~written] == SENTINEL).all()
 
 
-def test_append_fills_headroom_then_refuses():
+def test_append_fills_headroom_then_changes_nothing_and_keeps_host_state():
     cache = _cache([[4], [6]], [4])
     _pack(cache, 0, 0, [2, 2], 4, 2)
     for _ in range(HEADROOM):
@@ -67,8 +67,10 @@ def test_append_fills_headroom_then_refuses():
     layer = cache.layer(0)
     assert layer.kv_lens.tolist() == [2 + HEADROOM] * HEADS
     assert (layer.k_cache[int(layer.kv_indptr[1]) - 1] == 1).all()  # last row of segment 0
-    with pytest.raises(RuntimeError, match="headroom"):
-        cache.append(0, torch.ones(HEADS, DIM), torch.ones(HEADS, DIM))
+    before = cache.kv.clone()
+    cache.append(0, torch.full((HEADS, DIM), 2.0), torch.full((HEADS, DIM), 2.0))  # past the headroom
+    assert torch.equal(cache.kv, before) and layer.kv_lens.tolist() == [2 + HEADROOM] * HEADS
+    assert cache.decode_steps == 0  # the runner counts steps and guards the headroom, not append
 
 
 def test_pack_rejects_budgets_that_change_the_layer_total():
@@ -98,6 +100,7 @@ def test_byte_accounting(dtype):
     assert memory.total()["full"] == 2 * 29 * HEADS * row
     for layer in (0, 1):
         cache.append(layer, torch.zeros(2 * HEADS, DIM), torch.zeros(2 * HEADS, DIM))
+    cache.decode_steps += 1  # what the runner does after a step
     memory = cache.memory()
     assert memory.valid.tolist() == [[12 * row, 11 * row], [8 * row, 11 * row]]
     assert memory.full.tolist() == [[21 * HEADS * row, 10 * HEADS * row]] * 2
@@ -107,7 +110,8 @@ def test_reset_empties_segments_and_keeps_layout():
     cache = _cache([[4]], [4])
     _pack(cache, 0, 0, [2, 2], 4, 2)
     cache.append(0, torch.ones(HEADS, DIM), torch.ones(HEADS, DIM))
+    cache.decode_steps += 1
     indptr = cache.kv_indptr.clone()
     cache.reset()
-    assert cache.kv_lens.eq(0).all() and cache.appended == [0] and torch.equal(cache.kv_indptr, indptr)
+    assert cache.kv_lens.eq(0).all() and cache.decode_steps == 0 and torch.equal(cache.kv_indptr, indptr)
     assert int(cache.memory().valid.sum()) == 0
