@@ -13,6 +13,8 @@ import math
 import os
 from dataclasses import dataclass
 
+BACKEND_NAMES = ("auto", "torch", "triton")
+"""The names `backend=` accepts (`raggedkv.engine.backend.get_backend`), here so the CLI lists them without torch."""
 DEFAULT_MAX_NEW_TOKENS = 64
 """`max_new_tokens` of `Engine.generate`, `generate_ids` and `sweep` and of `raggedkv generate` (kept free of torch)."""
 

@@ -25,7 +25,7 @@ from raggedkv.kernels import (
 )
 from raggedkv.kernels._utils import is_interpreter
 
-BACKEND_NAMES = ("auto", "torch", "triton")
+from .arguments import BACKEND_NAMES
 
 
 @dataclass(frozen=True)

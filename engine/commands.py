@@ -11,11 +11,10 @@ import argparse
 import json
 from pathlib import Path
 
-from .arguments import DEFAULT_MAX_NEW_TOKENS, Accepted, Flag, Int, Real
+from .arguments import BACKEND_NAMES, DEFAULT_MAX_NEW_TOKENS, Accepted, Flag, Int, Real
 from .default_model import DEFAULT_MODEL
 from .outputs import format_stats, result_json
 
-BACKEND_CHOICES = ("auto", "torch", "triton")  # `backend.BACKEND_NAMES` without importing torch (a test compares)
 DTYPE_CHOICES = ("float32", "float16", "bfloat16")
 TRUE_WORDS, FALSE_WORDS = ("true", "yes", "1"), ("false", "no", "0")
 
@@ -124,7 +123,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     prompt = generate.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--prompt", help="the prompt text")
     prompt.add_argument("--prompt-file", type=Path, help="a UTF-8 file holding the prompt")
-    generate.add_argument("--backend", choices=BACKEND_CHOICES, default="auto")
+    generate.add_argument("--backend", choices=BACKEND_NAMES, default="auto")
     generate.add_argument("--device", default=None,
                           help="where the model runs (default: cuda when available, else cpu)")
     generate.add_argument("--dtype", choices=DTYPE_CHOICES, default=None,

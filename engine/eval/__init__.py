@@ -8,9 +8,18 @@ Python entry points (each returns an `EvalResult`: records, summary table, files
 The CLI commands are `raggedkv eval niah|reasoning|longbench` (`commands.py`).
 """
 
-from .longbench import run_longbench
-from .niah import run_niah
-from .reasoning import run_reasoning
-from .report import EvalResult
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {"run_longbench": ".longbench", "run_niah": ".niah", "run_reasoning": ".reasoning", "EvalResult": ".report"}
+
+
+def __getattr__(name: str) -> object:
+    """The exports, imported on first use, so that `raggedkv eval --help` loads neither torch nor transformers."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+
 
 __all__ = ["EvalResult", "run_longbench", "run_niah", "run_reasoning"]

@@ -13,9 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..backend import BACKEND_NAMES
+from ..arguments import BACKEND_NAMES
 from ..default_model import DEFAULT_MODEL
-from ..methods.head_scores import model_slug
 
 DEFAULT_OUT_DIR = Path("raggedkv-eval")  # in the current folder; never the repository's committed eval-results/
 
@@ -87,6 +86,8 @@ def _needle_parser(parser: argparse.ArgumentParser, needles: int) -> None:
 
 
 def _shared_kwargs(args: argparse.Namespace, task: str) -> dict:
+    from ..methods.head_scores import model_slug
+
     out = args.out if args.out is not None else DEFAULT_OUT_DIR / f"{task}-{model_slug(args.model)}.json"
     return {
         "model": args.model,
