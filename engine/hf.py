@@ -31,8 +31,14 @@ from transformers.cache_utils import CacheLayerMixin
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from .cache import RaggedKVCache
+from .models import model_shape
 
 ATTENTION_NAME = "raggedkv"
+# config settings that change what attention computes -> the feature named when a model is refused for one
+UNSUPPORTED_ATTENTION_SETTINGS = {
+    "attn_logit_softcapping": "soft-capped attention",
+    "attention_chunk_size": "chunked attention",
+}
 TESTED_TRANSFORMERS = (Version("5.17"), Version("5.24"))  # [low, high)
 
 # (layer, query [1, Hq, n, D], key [1, Hkv, n, D], value [1, Hkv, n, D], sm_scale) -> None
@@ -82,15 +88,13 @@ def check_model_support(config: transformers.PretrainedConfig, model_class: type
             f"model type {model_type!r} is not supported: its config.layer_types has {other_layers} layers "
             "(sliding-window or chunked attention), and the ragged cache implements only full causal attention"
         )
-    for feature in ("attn_logit_softcapping", "attention_chunk_size"):
-        if getattr(config, feature, None) is not None:
+    for setting, kind in UNSUPPORTED_ATTENTION_SETTINGS.items():
+        if getattr(config, setting, None) is not None:
             raise ValueError(
-                f"model type {model_type!r} is not supported: {feature}={getattr(config, feature)} "
-                f"({'soft-capped' if 'softcapping' in feature else 'chunked'} attention), and the ragged cache "
-                "implements only plain full causal attention"
+                f"model type {model_type!r} is not supported: {setting}={getattr(config, setting)} ({kind}), and the "
+                "ragged cache implements only plain full causal attention"
             )
-    heads = config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    head_dim = model_shape(config).head_dim
     other_sizes = {
         name: getattr(config, name)
         for name in ("qk_head_dim", "v_head_dim")

@@ -8,10 +8,11 @@ import socket
 
 import huggingface_hub.constants
 import pytest
+import torch
 from raggedkv.engine import Engine
 from raggedkv.engine.default_model import resolve_model
 from raggedkv.engine.methods import METHODS
-from transformers import Gemma2Config, Gemma2ForCausalLM
+from transformers import Gemma2Config, Gemma2ForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaForCausalLM
 
 from tests.engine_helpers import FAMILIES, char_tokenizer, hf_greedy, random_prompts, tiny_model
 from tests.test_engine_methods import tiny_score_files
@@ -72,6 +73,33 @@ def test_soft_capped_attention_is_refused_by_name(tmp_path):
     config.save_pretrained(tmp_path)  # from a folder: refused before any weights are read
     with pytest.raises(ValueError, match="attn_logit_softcapping"):
         Engine.from_pretrained(str(tmp_path), method="full")
+
+
+def test_gpt2_is_accepted_by_capability():
+    """No RoPE, learned positions, fused c_attn: accepted because its attention goes through AttentionInterface."""
+    config = GPT2Config(n_layer=2, n_head=4, n_embd=64, vocab_size=96, n_positions=128, bos_token_id=1,
+                        eos_token_id=2, initializer_range=0.5, attn_implementation="sdpa")  # varied tokens
+    torch.manual_seed(19)
+    model = GPT2LMHeadModel(config).eval()
+    engine = Engine.from_model(model, method="full", backend="torch")
+    for ids in random_prompts([5, 30], seed=20):
+        assert engine.generate_ids([ids], max_new_tokens=NEW_TOKENS)[0].token_ids == hf_greedy(model, ids, NEW_TOKENS)
+
+
+def test_attention_outside_the_interface_is_refused_by_name():
+    class HandWrittenAttentionLlama(LlamaForCausalLM):
+        _supports_attention_backend = False
+
+    model = HandWrittenAttentionLlama(tiny_model().config)
+    with pytest.raises(ValueError, match="HandWrittenAttentionLlama does not run its attention through transformers"):
+        Engine.from_model(model, method="full", backend="torch")
+
+
+def test_value_head_size_other_than_head_dim_is_refused_by_name():
+    model = tiny_model()  # head_dim 16
+    model.config.v_head_dim = 8
+    with pytest.raises(ValueError, match=r"\{'v_head_dim': 8\} differ from head_dim=16"):
+        Engine.from_model(model, method="full", backend="torch")
 
 
 def test_mistral_sliding_window_at_or_past_the_context_is_full_attention():
