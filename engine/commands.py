@@ -100,7 +100,8 @@ def check_score_files(method: str, paths: dict[str, Path | None]) -> None:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add `generate` and `demo` to the `raggedkv` parser."""
     generate = subparsers.add_parser("generate", help="answer one prompt with a compressed KV cache")
-    generate.add_argument("--model", default=DEFAULT_MODEL, help=f"{DEFAULT_MODEL!r} or a local HF folder")
+    generate.add_argument("--model", default=DEFAULT_MODEL,
+                          help=f"{DEFAULT_MODEL!r}, a local HF folder or a Hub id in the local HF cache")
     generate.add_argument("--method", default="snapkv", help="compression method (default snapkv; `raggedkv methods` "
                           "lists them with their parameters)")
     generate.add_argument("--param", type=key_value, action="append", default=[], metavar="NAME=VALUE",

@@ -57,7 +57,8 @@ def _flat(lists: list[list] | None) -> list | None:
 
 
 def _common(parser: argparse.ArgumentParser, default_kv_sizes: str) -> None:
-    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"model name or local HF folder ({DEFAULT_MODEL})")
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"model name, local HF folder or cached Hub id ({DEFAULT_MODEL})")
     parser.add_argument("--methods", type=str_list, nargs="+", help="compression methods (default: all)")
     parser.add_argument("--kv-sizes", type=int_list, nargs="+", default=[int_list(default_kv_sizes)],
                         help=f"average tokens kept per head per layer (default {default_kv_sizes})")

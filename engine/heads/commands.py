@@ -33,7 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("score-heads", help="estimate head importance (retrieval / reasoning / semantic)",
                                    description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help=f"{DEFAULT_MODEL!r} or a local Hugging Face folder (default {DEFAULT_MODEL})")
+                        help=f"{DEFAULT_MODEL!r}, a local Hugging Face folder or a Hub id in the local HF cache "
+                        f"(default {DEFAULT_MODEL})")
     parser.add_argument("--kind", required=True, choices=HEAD_SCORE_KINDS,
                         help="; ".join(f"{kind}: read by {', '.join(methods)}"
                                        for kind, methods in kinds_read_by(METHODS.values()).items()
