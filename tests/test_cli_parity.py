@@ -1,5 +1,5 @@
 """`raggedkv generate` against the API: the same defaults, the new flags giving the API's tokens, CLI errors, and
-`raggedkv --help` loading neither torch nor transformers."""
+`raggedkv --help` and every command's `--help` loading neither torch nor transformers."""
 
 from __future__ import annotations
 
@@ -51,7 +51,11 @@ def test_the_command_table_matches_what_the_modules_register():
     assert helps == {name: help_text for name, (_, help_text) in cli.COMMANDS.items()}
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["generate", "--help"], ["demo", "--help"], ["eval", "niah", "--help"]])
+HELP_ARGVS = [["--help"], *([name, "--help"] for name in cli.COMMANDS),
+              *(["eval", benchmark, "--help"] for benchmark in ("niah", "reasoning", "longbench"))]
+
+
+@pytest.mark.parametrize("argv", HELP_ARGVS, ids=" ".join)
 def test_help_loads_neither_torch_nor_transformers(argv):
     script = ("import sys\nfrom raggedkv.engine import cli\ntry:\n    cli.main(sys.argv[1:])\nexcept SystemExit:\n"
               "    pass\nprint(sorted({'torch', 'transformers'} & set(sys.modules)))")

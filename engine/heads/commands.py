@@ -3,6 +3,8 @@
 Writes into `--out`: `<model-slug>-<kind>.json` (HeadKV's format), `<model-slug>-<kind>.meta.json` (sidecar),
 `<model-slug>-<kind>.png` (heatmap) and `<model-slug>-<kind>.trials.jsonl` (the resumable trial log).
 `register(subparsers)` adds the subcommand; it sets `func`, called as `args.func(args)`, returning an exit code.
+The module imports neither torch nor transformers (`run_score_heads` imports what it runs), so
+`raggedkv score-heads --help` is fast.
 """
 
 from __future__ import annotations
@@ -12,12 +14,8 @@ import shlex
 import time
 from pathlib import Path
 
-import torch
-
 from ..default_model import DEFAULT_MODEL
-from ..methods import METHODS
-from ..methods.head_scores import HEAD_SCORE_KINDS, kinds_read_by
-from ..models import load_model, model_shape
+from ..methods.score_kinds import HEAD_SCORE_KINDS
 
 DEFAULT_LENGTHS = (500, 1000, 1500, 2000)  # the grid of the shipped SmolLM2 files
 DEFAULT_DEPTHS = (0, 25, 50, 75, 100)
@@ -36,9 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                         help=f"{DEFAULT_MODEL!r}, a local Hugging Face folder or a Hub id in the local HF cache "
                         f"(default {DEFAULT_MODEL})")
     parser.add_argument("--kind", required=True, choices=HEAD_SCORE_KINDS,
-                        help="; ".join(f"{kind}: read by {', '.join(methods)}"
-                                       for kind, methods in kinds_read_by(METHODS.values()).items()
-                                       if kind in HEAD_SCORE_KINDS))
+                        help="the head-score kind to compute (`raggedkv methods` lists the methods that read each)")
     parser.add_argument("--lengths", type=int, nargs="+", default=list(DEFAULT_LENGTHS), metavar="TOKENS",
                         help="context lengths in tokens (default %(default)s; the paper: 0 2500 5000 7500 10000)")
     parser.add_argument("--depths", type=float, nargs="+", default=list(DEFAULT_DEPTHS), metavar="PERCENT",
@@ -49,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--no-chat-template", action="store_true",
                         help="plain prompt even if the tokenizer has a chat template")
     parser.add_argument("--max-new-tokens", type=int, default=50, help="decode steps per trial (default 50)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+    parser.add_argument("--device", default=None,
                         help="where the model runs (default: cuda when available, else cpu)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run_score_heads)
@@ -70,6 +66,7 @@ def canonical_command(args: argparse.Namespace) -> str:
 def run_score_heads(args: argparse.Namespace) -> int:
     """Run (or resume) the grid, then write the score file, its sidecar and its heatmap."""
     from ..methods.head_scores import model_slug
+    from ..models import load_model, model_shape
     from .heatmap import save_heatmap
     from .output import head_score_lists, mean_table, summarize, write_json
     from .run import RunSettings, run_grid

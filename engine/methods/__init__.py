@@ -1,58 +1,24 @@
 """Compression methods as budget policies, selectable by name (see `base.py` for the contract).
 
 `get_method(name, model_name=..., **params)` builds one; `model_name` is passed on only to the methods that read
-packaged score files (HeadKV, CompressKV) and ignored by the others, so the engine can always pass it.
+packaged score files (HeadKV, CompressKV) and ignored by the others, so the engine can always pass it. The registry
+is `registry.py`; the exports below load on first use, so that importing a torch-free submodule (`score_kinds`, the
+CLI's `commands`) loads neither torch nor the method classes.
 """
 
 from __future__ import annotations
 
-import inspect
-from typing import Any
+import importlib
 
-from .adakv import AdaSnapKV
-from .base import Method, ModelShape, Scoring
-from .compresskv import CompressKV
-from .headkv import HeadKVR, HeadKVR2
-from .pyramid import PyramidKV
-from .streaming import StreamingLLM
-from .uniform import Full, SnapKV
-
-METHODS: dict[str, type[Method]] = {
-    cls.name: cls for cls in (Full, StreamingLLM, SnapKV, PyramidKV, AdaSnapKV, HeadKVR, HeadKVR2, CompressKV)
-}
+_EXPORTS = {"METHODS": ".registry", "get_method": ".registry", "method_parameters": ".registry",
+            "not_a_method": ".registry", "Method": ".base", "ModelShape": ".base", "Scoring": ".base"}
 
 
-def method_parameters(name: str) -> dict[str, Any]:
-    """The user-facing constructor parameters of method `name` and their defaults (`model_name` excluded)."""
-    signature = inspect.signature(METHODS[name].__init__)
-    return {p.name: p.default for p in list(signature.parameters.values())[1:] if p.name != "model_name"}
-
-
-def not_a_method(value: object) -> TypeError:
-    """The error for a `method` argument that is neither a method name nor a `Method`."""
-    return TypeError(f"method must be a method name (one of {sorted(METHODS)}) or a Method, got {value!r}")
-
-
-def get_method(name: str, model_name: str | None = None, **params: Any) -> Method:
-    """Instantiate the method called `name` with its parameters.
-
-    Raises:
-        TypeError: `name` is not a string, or a parameter has the wrong type.
-        ValueError: unknown method name or parameter (the message lists the accepted ones), or a parameter
-            outside its range.
-    """
-    if not isinstance(name, str):
-        raise not_a_method(name)
-    if name not in METHODS:
-        raise ValueError(f"method={name!r} is unknown; choose one of {sorted(METHODS)}")
-    accepted = method_parameters(name)
-    unknown = sorted(set(params) - set(accepted))
-    if unknown:
-        raise ValueError(f"method {name!r} has no parameter {unknown[0]!r}; its parameters are {sorted(accepted)}")
-    cls = METHODS[name]
-    if "model_name" in inspect.signature(cls.__init__).parameters:
-        params["model_name"] = model_name
-    return cls(**params)
+def __getattr__(name: str) -> object:
+    """The exports, imported on first use, so that `raggedkv methods --help` loads neither torch nor transformers."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
 
 
 __all__ = ["METHODS", "Method", "ModelShape", "Scoring", "get_method", "method_parameters", "not_a_method"]

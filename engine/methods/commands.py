@@ -1,7 +1,8 @@
 """CLI subcommands of the methods: `raggedkv methods` and `raggedkv calibrate-layers`.
 
 `register(subparsers)` adds both to an `argparse` sub-parser set; each sets `func`, called as `args.func(args)`
-and returning an exit code.
+and returning an exit code. The module imports neither torch nor the method classes (the commands import them when
+they run), so `raggedkv methods --help` and `raggedkv calibrate-layers --help` are fast.
 """
 
 from __future__ import annotations
@@ -9,10 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-
-import torch
-
-from . import METHODS, method_parameters
 
 PROMPT_KEYS = ("prompt", "text", "input")
 
@@ -36,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     calibrate.add_argument("--head-scores", type=Path, default=None,
                            help="semantic-retrieval head scores ('layer-head' JSON); default: all heads score")
     calibrate.add_argument("--out", required=True, type=Path, help="where to write the layer-score JSON")
-    calibrate.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+    calibrate.add_argument("--device", default=None,
                            help="where the model runs (default: cuda when available, else cpu)")
     calibrate.add_argument("--no-progress", action="store_true", help="no progress bar")
     calibrate.set_defaults(func=run_calibrate_layers)
@@ -51,6 +48,8 @@ def describe_parameter(cls: type, key: str) -> str:
 
 def describe_methods() -> str:
     """One line per method (name and description), then one line per parameter: default and accepted values."""
+    from .registry import METHODS, method_parameters
+
     width = max(map(len, METHODS))
     lines = []
     for name, cls in METHODS.items():

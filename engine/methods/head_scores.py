@@ -5,11 +5,11 @@ granularity, as HeadKV's `Important_Head/head_score/*.json` and CompressKV's SRH
 mean of its list (an empty list counts as 0). Layer scores: a JSON object with `"avg_score": [one float per layer]`
 (CompressKV's `scores/<model>_layer_score.jsonl`, which is a single JSON object despite its name).
 
-Score kinds (this module is their one home): `HEAD_SCORE_KINDS` are what `raggedkv score-heads --kind` computes
-(the scoring runner and its CLI choices read them from here), `LAYER_SCORE_KIND` what `raggedkv calibrate-layers`
-computes. Each method declares the files it reads in `Method.score_files` (constructor parameter -> kind); the
-engine, the benches and the CLI help read that declaration. Packaged files live in
-`raggedkv/engine/data/<model-slug>-<kind>.json`, `kind` one of `SCORE_KINDS`.
+Score kinds (their one home is the torch-free `score_kinds.py`; this module re-exports them):
+`HEAD_SCORE_KINDS` are what `raggedkv score-heads --kind` computes (the scoring runner and its CLI choices read
+them), `LAYER_SCORE_KIND` what `raggedkv calibrate-layers` computes. Each method declares the files it reads in
+`Method.score_files` (constructor parameter -> kind); the engine, the benches and `raggedkv methods` read that
+declaration. Packaged files live in `raggedkv/engine/data/<model-slug>-<kind>.json`, `kind` one of `SCORE_KINDS`.
 """
 
 from __future__ import annotations
@@ -24,11 +24,9 @@ from typing import Any
 import torch
 
 from .base import Method, ModelShape
+from .score_kinds import HEAD_SCORE_KINDS, LAYER_SCORE_KIND, SCORE_KINDS
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
-HEAD_SCORE_KINDS = ("retrieval", "reasoning", "semantic")  # per-head files: `raggedkv score-heads --kind`
-LAYER_SCORE_KIND = "layer-scores"  # per-layer file: `raggedkv calibrate-layers`
-SCORE_KINDS = (*HEAD_SCORE_KINDS, LAYER_SCORE_KIND)
 ScoreSource = str | Path | dict[str, Any]
 
 _HEAD_KEY = re.compile(r"^(\d+)-(\d+)$")
