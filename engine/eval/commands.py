@@ -122,7 +122,7 @@ def _report(result) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from . import run_longbench, run_niah, run_reasoning
-    from .interrupts import Interrupted, signals_interrupt
+    from ..interrupts import Interrupted, signals_interrupt
 
     if args.threads is not None:
         import torch

@@ -1,4 +1,4 @@
-"""The results file on disk: where one may be written, reading one back with every problem named, atomic writes.
+"""The results file on disk: where one may be written, reading one back with every problem named.
 
 Each check fails with a ValueError that names the file (as `out=...`, the argument that chose it) and says what is
 wrong and what to do; a file that is refused is left exactly as it was.
@@ -110,28 +110,3 @@ def _check_records(path: Path, records: list, key_fields: Sequence[str]) -> None
             raise _refuse(path, f"record {number} repeats the key ({named}) of record {first_with_key[key]}; "
                                 "keep one of them")
         first_with_key[key] = number
-
-
-def _file_mode(path: Path) -> int:
-    """The permissions `path` has, or those a new file gets under the process's umask (mkstemp's are 0600)."""
-    if path.exists():
-        return path.stat().st_mode & 0o777
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Replace `path` with `text` in one step: a temporary file in the same folder, flushed to disk, then renamed
-    over `path`, so a reader (or a run killed at any moment) sees the old file or the new one, never a part."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(temporary, _file_mode(path))
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

@@ -22,7 +22,8 @@ from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Self
 
-from .results_file import SCHEMA, check_out, read_results, write_atomically
+from ..atomic_io import write_atomically
+from .results_file import SCHEMA, check_out, read_results
 
 
 def environment() -> dict[str, str]:

@@ -1,7 +1,8 @@
 """Stopping a long run cleanly: while `signals_interrupt` is active, SIGINT and SIGTERM raise `Interrupted` (a
 KeyboardInterrupt) in the main thread, so a run killed by `kill` or a job scheduler unwinds as Ctrl-C does: its
-`with` blocks close (the results file gets its last atomic write) and the command exits with 128 + the signal
-number. Further SIGINT/SIGTERM are ignored while that clean-up runs, so a second signal cannot cut it short.
+`with` blocks close (eval's results file gets its last atomic write; score-heads has written each finished trial
+already) and the command exits with 128 + the signal number. Further SIGINT/SIGTERM are ignored while that
+clean-up runs, so a second signal cannot cut it short.
 """
 
 from __future__ import annotations
