@@ -1,7 +1,9 @@
 """`raggedkv score-heads`: estimate every query head's importance with needle-in-a-haystack runs.
 
 Writes into `--out`: `<model-slug>-<kind>.json` (HeadKV's format), `<model-slug>-<kind>.meta.json` (sidecar),
-`<model-slug>-<kind>.png` (heatmap) and `<model-slug>-<kind>.trials.jsonl` (the resumable trial log).
+`<model-slug>-<kind>.png` (heatmap) and `<model-slug>-<kind>.trials.jsonl` (the trial log, rewritten atomically after
+every finished trial; a rerun with the same settings resumes it, SIGINT/SIGTERM exit 130/143 keeping every finished
+trial).
 `register(subparsers)` adds the subcommand; it sets `func`, called as `args.func(args)`, returning an exit code.
 The module imports neither torch nor transformers (`run_score_heads` imports what it runs), so
 `raggedkv score-heads --help` is fast.
@@ -23,7 +25,8 @@ DESCRIPTION = """Estimate every query head's importance with needle-in-a-haystac
 
 Writes into --out: <model-slug>-<kind>.json (HeadKV's format: {"layer-head": [score per accepted trial]}),
 <model-slug>-<kind>.meta.json (how it was made), <model-slug>-<kind>.png (heatmap) and
-<model-slug>-<kind>.trials.jsonl (one line per trial; --resume continues it)."""
+<model-slug>-<kind>.trials.jsonl (one line per finished trial, saved after each: rerunning the same command
+after an interrupt resumes it; a log from other settings is refused and left untouched)."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -40,8 +43,6 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser.add_argument("--depths", type=float, nargs="+", default=list(DEFAULT_DEPTHS), metavar="PERCENT",
                         help="needle depths in percent (default %(default)s; the paper: 0 11 22 33 44 56 67 78 89 100)")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the trial log in --out instead of starting afresh")
     parser.add_argument("--no-chat-template", action="store_true",
                         help="plain prompt even if the tokenizer has a chat template")
     parser.add_argument("--max-new-tokens", type=int, default=50, help="decode steps per trial (default 50)")
@@ -64,7 +65,23 @@ def canonical_command(args: argparse.Namespace) -> str:
 
 
 def run_score_heads(args: argparse.Namespace) -> int:
-    """Run (or resume) the grid, then write the score file, its sidecar and its heatmap."""
+    """Run (or resume) the grid, then write the score file, its sidecar and its heatmap; SIGINT/SIGTERM stop it
+    with every finished trial in the trial log and exit 130/143."""
+    import sys
+
+    from ..interrupts import Interrupted, signals_interrupt
+
+    with signals_interrupt():
+        try:
+            return _score_heads(args)
+        except KeyboardInterrupt as interrupt:
+            print("interrupted: every finished trial is in the trial log; rerun the same command to resume",
+                  file=sys.stderr)
+            return interrupt.exit_status if isinstance(interrupt, Interrupted) else 130
+
+
+def _score_heads(args: argparse.Namespace) -> int:
+    """The run itself, without the signal handling."""
     from ..methods.head_scores import model_slug
     from ..models import load_model, model_shape
     from .heatmap import save_heatmap
@@ -82,8 +99,7 @@ def run_score_heads(args: argparse.Namespace) -> int:
                          f"model's context of {context} tokens")
     name = f"{model_slug(args.model)}-{args.kind}"
     path = {ext: args.out / f"{name}{ext}" for ext in (".json", ".meta.json", ".png", ".trials.jsonl")}
-    records = run_grid(model, tokenizer, settings, path[".trials.jsonl"], resume=args.resume,
-                       progress=not args.no_progress)
+    records = run_grid(model, tokenizer, settings, path[".trials.jsonl"], progress=not args.no_progress)
 
     shape = model_shape(model.config)
     layers, heads = shape.num_layers, shape.num_qo_heads

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from ..atomic_io import write_atomically
+
 DIGITS = 6
 
 
@@ -58,6 +60,6 @@ def summarize(table: torch.Tensor, top: int = 10) -> dict:
 
 
 def write_json(path: Path, data: dict, indent: int | None = None) -> None:
-    """Write `data` as JSON (one line unless `indent`), creating the folder."""
+    """Write `data` as JSON (one line unless `indent`) atomically, creating the folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=indent) + "\n", encoding="utf-8")
+    write_atomically(path, json.dumps(data, indent=indent) + "\n")

@@ -1,8 +1,10 @@
 """A resumable head-scoring run over the grid needles x lengths x depths.
 
-Every finished trial is appended to a JSONL trial log (first line: the run's settings), flushed at once. With
-`resume=True` a run whose settings match the log's skips the trials already there (a half-written last line, from
-an interrupted run, is dropped and its trial redone); without it the log starts afresh.
+The trial log is JSONL (first line: the run's settings, then one finished trial a line). It is rewritten atomically
+after every finished trial (`raggedkv.engine.atomic_io`), so a run stopped by SIGINT, SIGTERM or a crash keeps every
+finished trial and the file always parses. A run whose settings match an existing log's skips the trials already
+there; a log written with other settings, or one that does not parse, is refused with its path and the reason and
+left untouched.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..atomic_io import write_atomically
 from ..methods.head_scores import HEAD_SCORE_KINDS
 from .haystack import HAYSTACK_SEED, HAYSTACK_VERSION
 from .needles import needles_for
@@ -55,58 +58,64 @@ class RunSettings:
         return settings
 
 
+def _refuse(path: Path, reason: str) -> ValueError:
+    return ValueError(f"trial log {str(path)!r} {reason}. It is left untouched; move it away or choose another --out")
+
+
 def read_trial_log(path: Path, header: dict) -> dict[str, dict]:
-    """The complete records of a trial log, by trial id, after checking it was written with `header`.
+    """The finished trials of the trial log at `path`, by trial id, after checking it was written with `header`.
 
     Raises:
-        ValueError: the log is empty or was written with other settings.
+        ValueError: naming the path and the reason: a line that is not JSON (with its number), no settings line,
+            other settings (naming the ones that differ), or a trial line without an `"id"`.
     """
-    lines = path.read_text(encoding="utf-8").split("\n")
-    try:
-        found = json.loads(lines[0])
-        changed = sorted(key for key in header.keys() | found.keys() if header.get(key) != found.get(key))
-    except (json.JSONDecodeError, AttributeError):  # not JSON, or not an object
-        raise ValueError(f"trial log {str(path)!r} has no settings line; run without --resume to start afresh") \
-            from None
-    if changed:
-        raise ValueError(f"trial log {str(path)!r} was written with other settings ({', '.join(changed)}); "
-                         "run without --resume to start afresh, or use another --out")
-    records: dict[str, dict] = {}
-    for line in lines[1:]:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    parsed = []
+    for number, line in enumerate(lines, start=1):
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError:  # an interrupted write: only ever the last line
-            break
+            parsed.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            raise _refuse(path, f"does not parse: line {number} is not JSON ({err.msg} at column {err.colno})") \
+                from None
+    if not parsed or not isinstance(parsed[0], dict):
+        raise _refuse(path, "has no settings line")
+    found = parsed[0]
+    changed = sorted(key for key in header.keys() | found.keys() if header.get(key) != found.get(key))
+    if changed:
+        raise _refuse(path, f"was written with other settings ({', '.join(changed)})")
+    records: dict[str, dict] = {}
+    for number, record in enumerate(parsed[1:], start=2):
+        if not isinstance(record, dict) or not isinstance(record.get("id"), str):
+            raise _refuse(path, f"line {number} is not a trial (an object with a string \"id\")")
         records[record["id"]] = record
     return records
 
 
 def _write_log(path: Path, header: dict, records: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as log:
-        for item in (header, *records):
-            log.write(json.dumps(item) + "\n")
+    write_atomically(path, "".join(json.dumps(item) + "\n" for item in (header, *records)))
 
 
-def run_grid(model, tokenizer, settings: RunSettings, log_path: Path, resume: bool = False,
-             progress: bool = True) -> list[dict]:
-    """Run every trial of `settings` not yet in the log and return all records in grid order."""
+def run_grid(model, tokenizer, settings: RunSettings, log_path: Path, progress: bool = True) -> list[dict]:
+    """Run every trial of `settings` not yet in the trial log at `log_path`, rewriting the log atomically after
+    each, and return all records in grid order.
+
+    Raises:
+        ValueError: the log exists but was written with other settings or does not parse (see `read_trial_log`).
+    """
     header = settings.header()
-    done = read_trial_log(log_path, header) if resume and log_path.is_file() else {}
+    done = read_trial_log(log_path, header) if log_path.exists() else {}
     specs = settings.trials()
     done = {spec.id: done[spec.id] for spec in specs if spec.id in done}
-    _write_log(log_path, header, list(done.values()))  # also drops a half-written line
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    _write_log(log_path, header, list(done.values()))
     needles = needles_for(settings.kind)
     pending = [spec for spec in specs if spec.id not in done]
-    bar = tqdm(total=len(specs), initial=len(done), disable=not progress, unit="trial",
-               desc=f"score-heads {settings.kind}")
-    with log_path.open("a", encoding="utf-8") as log, bar:
+    with tqdm(total=len(specs), initial=len(done), disable=not progress, unit="trial",
+              desc=f"score-heads {settings.kind}") as bar:
         for spec in pending:
-            record = run_trial(model, tokenizer, settings.kind, needles[spec.needle], spec, settings.chat,
-                               settings.max_new_tokens)
-            log.write(json.dumps(record) + "\n")
-            log.flush()
-            done[spec.id] = record
+            done[spec.id] = run_trial(model, tokenizer, settings.kind, needles[spec.needle], spec, settings.chat,
+                                      settings.max_new_tokens)
+            _write_log(log_path, header, list(done.values()))
             bar.update()
             bar.set_postfix(accepted=sum(r["accepted"] for r in done.values()))
     return [done[spec.id] for spec in specs]
