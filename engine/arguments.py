@@ -17,6 +17,8 @@ BACKEND_NAMES = ("auto", "torch", "triton")
 """The names `backend=` accepts (`raggedkv.engine.backend.get_backend`), here so the CLI lists them without torch."""
 DEFAULT_MAX_NEW_TOKENS = 64
 """`max_new_tokens` of `Engine.generate`, `generate_ids` and `sweep` and of `raggedkv generate` (kept free of torch)."""
+TRUE_WORDS, FALSE_WORDS = ("true", "yes", "1"), ("false", "no", "0")
+"""How a boolean parameter is spelled in text (`parse_value`)."""
 
 
 def _refuse(error: type[Exception], name: str, accepted: str, value: object) -> Exception:
@@ -120,3 +122,23 @@ class PathOrDict:
 
 
 Accepted = Int | Real | Choice | Flag | PathOrDict
+
+
+def parse_value(accepted: Accepted, text: str) -> object:
+    """`text` as the type `accepted` checks (int, float, bool or str; a path stays a str); the method checks ranges.
+
+    Raises:
+        ValueError: `text` is not of that type.
+    """
+    try:
+        if isinstance(accepted, Int):
+            return int(text)
+        if isinstance(accepted, Real):
+            return float(text)
+    except ValueError:
+        raise ValueError(f"must be {accepted.describe()}") from None
+    if isinstance(accepted, Flag):
+        if text.lower() not in TRUE_WORDS + FALSE_WORDS:
+            raise ValueError(f"must be one of {list(TRUE_WORDS + FALSE_WORDS)}")
+        return text.lower() in TRUE_WORDS
+    return text

@@ -11,12 +11,11 @@ import argparse
 import json
 from pathlib import Path
 
-from .arguments import BACKEND_NAMES, DEFAULT_MAX_NEW_TOKENS, Accepted, Flag, Int, Real
+from .arguments import BACKEND_NAMES, DEFAULT_MAX_NEW_TOKENS, parse_value
 from .default_model import DEFAULT_MODEL
 from .outputs import format_stats, result_json
 
 DTYPE_CHOICES = ("float32", "float16", "bfloat16")
-TRUE_WORDS, FALSE_WORDS = ("true", "yes", "1"), ("false", "no", "0")
 
 
 def positive_int(text: str) -> int:
@@ -32,26 +31,6 @@ def key_value(text: str) -> tuple[str, str]:
     if not sep or not name.strip():
         raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE (e.g. window=16)")
     return name.strip(), value.strip()
-
-
-def parse_value(accepted: Accepted, text: str) -> object:
-    """`text` as the type `accepted` checks (int, float, bool or str; a path stays a str); the method checks ranges.
-
-    Raises:
-        ValueError: `text` is not of that type.
-    """
-    try:
-        if isinstance(accepted, Int):
-            return int(text)
-        if isinstance(accepted, Real):
-            return float(text)
-    except ValueError:
-        raise ValueError(f"must be {accepted.describe()}") from None
-    if isinstance(accepted, Flag):
-        if text.lower() not in TRUE_WORDS + FALSE_WORDS:
-            raise ValueError(f"must be one of {list(TRUE_WORDS + FALSE_WORDS)}")
-        return text.lower() in TRUE_WORDS
-    return text
 
 
 def method_params(method: str, pairs: list[tuple[str, str]]) -> dict[str, object]:
@@ -102,8 +81,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     generate = subparsers.add_parser("generate", help="answer one prompt with a compressed KV cache")
     generate.add_argument("--model", default=DEFAULT_MODEL,
                           help=f"{DEFAULT_MODEL!r}, a local HF folder or a Hub id in the local HF cache")
-    generate.add_argument("--method", default="snapkv", help="compression method (default snapkv; `raggedkv methods` "
-                          "lists them with their parameters)")
+    generate.add_argument("--method", default="snapkv", help="compression method or variant, e.g. snapkv:window=16 "
+                          "(default snapkv; `raggedkv methods` lists them with their parameters)")
     generate.add_argument("--param", type=key_value, action="append", default=[], metavar="NAME=VALUE",
                           help="a method parameter, e.g. --param window=16 --param beta=2 (repeatable; booleans: "
                                "true/false)")
@@ -146,8 +125,9 @@ def run_generate(args: argparse.Namespace) -> int:
 
     from .generate import Engine
 
-    params = method_params(args.method, args.param)
-    check_score_files(args.method, {"--head-scores": args.head_scores, "--layer-scores": args.layer_scores})
+    base = args.method.partition(":")[0]  # a variant spelling's own parameters are typed by get_method
+    params = method_params(base, args.param)
+    check_score_files(base, {"--head-scores": args.head_scores, "--layer-scores": args.layer_scores})
     if args.layer_scores is not None:
         params["layer_scores"] = args.layer_scores
     if args.prompt_file is not None:

@@ -236,7 +236,7 @@ class Engine:
             stats = GenerationStats(
                 prompt_tokens=state.prompt_lens[seq],
                 new_tokens=len(ids),
-                method=variant.method.name,
+                method=variant.method.label,
                 kv_size=variant.kv_size,
                 compressed=bool((kept < state.prompt_lens[seq]).any()),
                 kept_tokens=kept.tolist(),

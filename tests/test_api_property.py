@@ -54,7 +54,7 @@ def check_result(result: GenerationResult, method, kv_size: int | None, prompt_l
     assert isinstance(result, GenerationResult) and isinstance(result.text, str)
     assert 1 <= len(result.token_ids) <= max_new and all(0 <= t < VOCAB for t in result.token_ids)
     stats = result.stats
-    assert stats.method == method.name and stats.kv_size == kv_size and stats.prompt_tokens == prompt_len
+    assert stats.method == method.label and stats.kv_size == kv_size and stats.prompt_tokens == prompt_len
     kept = [count for layer in stats.kept_tokens for count in layer]
     assert len(kept) == LAYERS * KV_HEADS
     assert min(method.scoring.window, prompt_len) <= min(kept) and max(kept) <= prompt_len

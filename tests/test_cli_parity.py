@@ -78,7 +78,7 @@ def api_tokens(model_dir, method="snapkv", head_scores=None, generate_kwargs=Non
 def test_method_parameters_reach_the_method(model_dir, capsys):
     out = run_json(model_dir, capsys, "--method", "pyramidkv", "--kv-size", "12", "--param", "window=4",
                    "--param", "pool=avg")
-    assert out["stats"]["method"] == "pyramidkv"
+    assert out["stats"]["method"] == "pyramidkv:pool=avg,window=4"  # results name the full variant
     assert out["token_ids"] == api_tokens(model_dir, "pyramidkv", generate_kwargs={"kv_size": 12}, window=4,
                                           pool="avg")
 

@@ -44,6 +44,18 @@ def str_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
+def method_list(text: str) -> list[str]:
+    """Parse "a,b" into methods, keeping variant spellings whole: "headkv-r2:beta=2,window=16,snapkv" is
+    ["headkv-r2:beta=2,window=16", "snapkv"] (a `param=value` part continues the variant before it)."""
+    methods: list[str] = []
+    for part in str_list(text):
+        if "=" in part and ":" not in part and methods and ":" in methods[-1]:
+            methods[-1] += "," + part
+        else:
+            methods.append(part)
+    return methods
+
+
 def method_path(text: str) -> tuple[str, str]:
     """Parse METHOD=PATH."""
     method, sep, path = text.partition("=")
@@ -59,7 +71,8 @@ def _flat(lists: list[list] | None) -> list | None:
 def _common(parser: argparse.ArgumentParser, default_kv_sizes: str) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help=f"model name, local HF folder or cached Hub id ({DEFAULT_MODEL})")
-    parser.add_argument("--methods", type=str_list, nargs="+", help="compression methods (default: all)")
+    parser.add_argument("--methods", type=method_list, nargs="+",
+                        help="compression methods or variants, e.g. snapkv headkv-r2:beta=2,window=16 (default: all)")
     parser.add_argument("--kv-sizes", type=int_list, nargs="+", default=[int_list(default_kv_sizes)],
                         help=f"average tokens kept per head per layer (default {default_kv_sizes})")
     parser.add_argument("--out", type=Path, help="results JSON, written after every answered prompt and resumed "

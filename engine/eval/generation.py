@@ -38,8 +38,8 @@ class Runner:
     Args:
         model: model name or local Hugging Face folder, as `Engine.from_pretrained` takes it.
         backend: the engine's backend ("auto", "torch", "triton").
-        head_scores: head-score file per method name, for methods that take one (headkv-r, headkv-r2, compresskv);
-            methods not listed use the engine's default for the model.
+        head_scores: head-score file per method name (a variant uses its name's), for methods that take one (headkv-r,
+            headkv-r2, compresskv); methods not listed use the engine's default for the model.
     """
 
     def __init__(self, model: str, backend: str = "auto", head_scores: Mapping[str, str] | None = None):
@@ -51,7 +51,7 @@ class Runner:
         if method not in self._engines:
             from raggedkv.engine import Engine
 
-            options = {"head_scores": self.head_scores.get(method), "backend": self.backend}
+            options = {"head_scores": self.head_scores.get(method.partition(":")[0]), "backend": self.backend}
             if self._engines:
                 loaded = next(iter(self._engines.values()))
                 engine = Engine.from_model(loaded.model, loaded.tokenizer, method, **options)

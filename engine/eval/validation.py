@@ -21,13 +21,13 @@ def _positive_ints(name: str, values: Sequence[int]) -> None:
 
 
 def check_methods(methods: Sequence[str]) -> None:
-    """Every method name is one the engine knows."""
+    """Every method is a name or variant spelling (`name:param=value,...`) the engine knows."""
     if not methods:
         raise ValueError("methods is empty; give at least one method")
-    known = known_methods()
+    from raggedkv.engine.methods.registry import parse_variant
+
     for method in methods:
-        if method not in known:
-            raise ValueError(f"methods holds {method!r}, which is unknown; choose from {known}")
+        parse_variant(method)  # ValueError naming the variant, the parameter and what is accepted
 
 
 def check_grid(

@@ -126,6 +126,15 @@ class Method(ABC):
         """
         return self.scoring.window
 
+    @property
+    def label(self) -> str:
+        """How results name this method: `name`, or the canonical variant spelling `get_method` built it from."""
+        return self.__dict__.get("_label", self.name)
+
+    @label.setter
+    def label(self, spelling: str) -> None:
+        self._label = spelling
+
     def accept(self, name: str, value: object) -> object:
         """`value` checked against `self.accepts[name]` (TypeError / ValueError naming the parameter)."""
         return self.accepts[name].check(name, value)
