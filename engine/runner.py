@@ -180,6 +180,29 @@ class ModelRunner:
         )
         return out.logits[:, -1]
 
+    def step_inputs(self, state: Prefilled, first: torch.Tensor) -> StepInputs:
+        """The static inputs of a generation's decode steps, holding the int64 `[batch]` `first` tokens at each
+        sequence's first decode position (its prompt length plus the steps already taken)."""
+        positions = torch.tensor(state.prompt_lens, dtype=torch.int64, device=self.device) + state.cache.decode_steps
+        return StepInputs(tokens=first[:, None].clone(), positions=positions[:, None])
+
+    def advance(self, state: Prefilled, inputs: StepInputs) -> torch.Tensor:
+        """Run one decode step on `inputs` and count it -> logits `[batch, vocab]` (inputs still hold the fed tokens).
+
+        Raises:
+            RuntimeError: the step would need more rows than the cache's decode headroom (checked on the host from
+                the step counter, before the step).
+        """
+        cache = state.cache
+        if cache.decode_steps >= cache.headroom:
+            raise RuntimeError(
+                f"decode step {cache.decode_steps + 1}: all {cache.headroom} rows of decode headroom are used "
+                f"(the cache was sized for max_new_tokens={cache.headroom + 1})"
+            )
+        logits = self.decode_step(state.hf_cache, inputs)
+        cache.decode_steps += 1
+        return logits
+
     def decode(
         self, state: Prefilled, first: torch.Tensor, sampling: SamplingParams, generator: torch.Generator | None
     ) -> Decoded:
@@ -187,31 +210,21 @@ class ModelRunner:
         `sampling.max_new_tokens` tokens (the ragged attention implementation must be selected).
 
         Raises:
-            RuntimeError: a step would need more rows than the cache's decode headroom (checked on the host from the
-                step counter, before the step).
+            RuntimeError: a step would need more rows than the cache's decode headroom.
         """
         start = time.perf_counter()
-        batch, max_new_tokens, cache = first.shape[0], sampling.max_new_tokens, state.cache
+        batch, max_new_tokens = first.shape[0], sampling.max_new_tokens
         tokens = torch.empty(batch, max_new_tokens, dtype=torch.int64, device=self.device)
         tokens[:, 0] = first
         eos = torch.tensor(self.eos_ids, dtype=torch.int64, device=self.device)
         finished = torch.isin(first, eos)
-        inputs = StepInputs(
-            tokens=first[:, None].clone(),
-            positions=torch.tensor(state.prompt_lens, dtype=torch.int64, device=self.device)[:, None],
-        )
+        inputs = self.step_inputs(state, first)
         check_every = EOS_CHECK_EVERY_CUDA if self.device.type == "cuda" else 1
         steps = 0
         for step in range(1, max_new_tokens):
             if (step - 1) % check_every == 0 and bool(finished.all()):
                 break
-            if cache.decode_steps >= cache.headroom:
-                raise RuntimeError(
-                    f"decode step {step}: all {cache.headroom} rows of decode headroom are used "
-                    f"(the cache was sized for max_new_tokens={cache.headroom + 1})"
-                )
-            logits = self.decode_step(state.hf_cache, inputs)
-            cache.decode_steps += 1
+            logits = self.advance(state, inputs)
             tokens[:, step] = sample(logits, sampling.temperature, sampling.top_p, generator)
             finished |= torch.isin(tokens[:, step], eos)
             inputs.tokens.copy_(tokens[:, step : step + 1])
@@ -219,6 +232,22 @@ class ModelRunner:
             steps = step
         synchronize(self.device)
         return Decoded(tokens[:, : steps + 1], steps, time.perf_counter() - start)
+
+    def teacher_force(self, state: Prefilled, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed the int64 `[batch, T]` `tokens` through `T` decode steps, whatever the model would have sampled
+        (the ragged attention implementation must be selected; the cache needs `T` rows of headroom left).
+
+        Returns:
+            fp32 logits `[batch, T, vocab]`: row `t` is the distribution after `tokens[:, t]`, i.e. over token `t + 1`.
+        """
+        inputs = self.step_inputs(state, tokens[:, 0])
+        logits = []
+        for t in range(tokens.shape[1]):
+            if t:
+                inputs.tokens.copy_(tokens[:, t : t + 1])
+                inputs.positions.add_(1)
+            logits.append(self.advance(state, inputs).float())
+        return torch.stack(logits, dim=1)
 
 
 def _fan_out(compressors: list[SequenceCompressor]):

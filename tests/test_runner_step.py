@@ -123,3 +123,29 @@ def test_decode_loop_refuses_a_step_past_the_headroom_before_running_it():
             runner.decode(state, first, SamplingParams(max_new_tokens=5), None)
     assert state.cache.decode_steps == 2
     assert torch.equal(state.cache.kv_lens, lens_before + 2)  # the refused third step appended nothing
+
+
+@torch.inference_mode()
+def test_teacher_force_matches_a_full_forward_and_the_greedy_loop():
+    """Full cache: teacher-forced logits equal one transformers forward over prompt + continuation. Compressed:
+    feeding the greedy loop's own tokens back gives logits whose argmax is the loop's next token."""
+    model = _model()
+    runner = ModelRunner(model, TORCH_BACKEND)
+    (prompt,) = random_prompts([23], seed=24)
+    continuation = torch.randint(0, model.config.vocab_size, (1, 5))
+    with attention_implementation(model, ATTENTION_NAME):
+        state = runner.prefill([prompt], [Variant(0, get_method("full"), None)], max_new_tokens=6)
+        forced = runner.teacher_force(state, continuation)
+    expected = model(torch.tensor([prompt + continuation[0].tolist()])).logits[0, len(prompt) :].float()
+    assert forced.shape == (1, 5, model.config.vocab_size)
+    torch.testing.assert_close(forced[0], expected, rtol=1e-4, atol=1e-4)
+
+    variants = _variants(2)
+    prompts = random_prompts([31, 26], seed=25)
+    state, decoded = runner.run(prompts, variants, SamplingParams(max_new_tokens=5))
+    with attention_implementation(model, ATTENTION_NAME):
+        again = runner.prefill(prompts, variants, max_new_tokens=5)
+        forced = runner.teacher_force(again, decoded.tokens[:, :-1])
+    assert torch.equal(forced.argmax(dim=-1), decoded.tokens[:, 1:])
+    with attention_implementation(model, ATTENTION_NAME), pytest.raises(RuntimeError, match="headroom"):
+        runner.teacher_force(again, decoded.tokens[:, :1])
