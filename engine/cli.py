@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 
 COMMANDS: dict[str, tuple[str, str]] = {  # command -> (module that registers it, its one-line help)
     "generate": ("raggedkv.engine.commands", "answer one prompt with a compressed KV cache"),
+    "sweep": ("raggedkv.engine.commands", "answer one prompt under several methods and KV budgets with a single prefill"),
     "demo": ("raggedkv.engine.commands",
              "needle in a ~2K-token haystack with the default model, snapkv at kv_size=64, on the CPU"),
     "methods": ("raggedkv.engine.methods.commands", "list the compression methods and their parameters"),

@@ -1,5 +1,5 @@
-"""`raggedkv generate` against the API: the same defaults, the new flags giving the API's tokens, CLI errors, and
-`raggedkv --help` and every command's `--help` loading neither torch nor transformers."""
+"""`raggedkv generate`, `sweep` and `eval` against the API: the same defaults, the flags giving the API's tokens, CLI
+errors, and `raggedkv --help` and every command's `--help` loading neither torch nor transformers."""
 
 from __future__ import annotations
 
@@ -43,6 +43,40 @@ def test_generate_defaults_are_the_apis():
         assert cli_defaults[name] == api_default(Engine.generate, name), name
     for name in ("model", "method", "head_scores", "device", "dtype", "backend"):
         assert cli_defaults[name] == api_default(Engine.from_pretrained, name), name
+
+
+def test_sweep_defaults_are_the_apis():
+    parser = cli.build_parser(load=["sweep"])
+    cli_defaults = vars(parser.parse_args(["sweep", "--prompt", "x", "--methods", "snapkv", "--kv-sizes", "8"]))
+    for name in ("max_new_tokens", "temperature", "top_p", "seed", "chat_template"):
+        assert cli_defaults[name] == api_default(Engine.sweep, name), name
+    for name in ("model", "head_scores", "device", "dtype", "backend"):
+        assert cli_defaults[name] == api_default(Engine.from_pretrained, name), name
+
+
+EVAL_TASKS = {  # eval subcommand -> (its API function, the extra flags it requires)
+    "niah": ("run_niah", []),
+    "reasoning": ("run_reasoning", []),
+    "longbench": ("run_longbench", ["--data-dir", "x"]),
+}
+
+
+@pytest.mark.parametrize("task", EVAL_TASKS)
+def test_eval_defaults_are_the_apis(task):
+    from raggedkv.engine import eval as evaluation
+    from raggedkv.engine.eval import commands
+
+    function_name, required = EVAL_TASKS[task]
+    args = cli.build_parser(load=["eval"]).parse_args(["eval", task, *required])
+    kwargs = commands._shared_kwargs(args, task) if task == "longbench" else commands._needle_kwargs(args, task)
+    signature = inspect.signature(getattr(evaluation, function_name)).parameters
+    compared = set(kwargs) - {"out", "head_scores", "data_dir"}  # out: a path either way; head_scores: {} vs None
+    assert compared and compared <= set(signature)
+    for name in sorted(compared):
+        default = signature[name].default
+        expected = list(default) if isinstance(default, tuple) else default
+        assert kwargs[name] == expected, name
+    assert not kwargs["head_scores"] and signature["head_scores"].default is None
 
 
 def test_the_command_table_matches_what_the_modules_register():
@@ -127,5 +161,39 @@ def test_threads_sets_torch_threads(model_dir, capsys):
 def test_bad_flags_exit_with_a_message_in_cli_terms(model_dir, capsys, flags, message):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["generate", "--model", model_dir, "--prompt", "x", *flags])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_sweep_gives_the_apis_answers_with_score_files(model_dir, tmp_path, capsys):
+    scores = {f"{layer}-{head}": torch.rand(3).tolist() for layer in range(2) for head in range(4)}
+    path = tmp_path / "scores.json"
+    path.write_text(json.dumps(scores), encoding="utf-8")
+    argv = ["sweep", "--model", model_dir, "--backend", "torch", "--max-new-tokens", "6", "--prompt", PROMPT,
+            "--methods", "full", "snapkv:window=4", "headkv-r:beta=2", "--kv-sizes", "8", "12", "--head-scores",
+            str(path), "--json"]
+    assert cli.main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [(row["stats"]["method"], row["stats"]["kv_size"]) for row in out] == [
+        ("full", None), ("snapkv:window=4", 8), ("snapkv:window=4", 12), ("headkv-r:beta=2", 8),
+        ("headkv-r:beta=2", 12)]
+    for row in out[1:]:
+        method, _, params = row["stats"]["method"].partition(":")
+        key, value = params.split("=")
+        extra = {"head_scores": str(path)} if method == "headkv-r" else {}
+        expected = api_tokens(model_dir, method, generate_kwargs={"kv_size": row["stats"]["kv_size"]},
+                              **extra, **{key: float(value) if key == "beta" else int(value)})
+        assert row["token_ids"] == expected, row["stats"]["method"]
+    assert out[0]["token_ids"] == api_tokens(model_dir, "full")
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--methods", "nope"], "--methods 'nope' is unknown"),
+    (["--methods", "snapkv", "--head-scores", "s.json"], "--head-scores 's.json': none of --methods ['snapkv'] "
+                                                         "reads such a file"),
+])
+def test_bad_sweep_flags_exit_with_a_message_in_cli_terms(model_dir, capsys, flags, message):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["sweep", "--model", model_dir, "--prompt", "x", "--kv-sizes", "8", *flags])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err

@@ -18,7 +18,9 @@ from tests.test_eval_store import GRID, runners  # noqa: F401 (the fixture)
 def test_a_spelling_is_typed_merged_and_labelled_canonically():
     method = get_method("pyramidkv:window=16,beta=2", faithful=True)
     assert (method.scoring.window, method.beta, method.faithful) == (16, 2.0, True)
-    assert method.label == "pyramidkv:beta=2.0,faithful=true,window=16"
+    assert method.label == "pyramidkv:beta=2,faithful=true,window=16"
+    assert get_method("pyramidkv:beta=2.0").label == get_method("pyramidkv", beta=2).label == "pyramidkv:beta=2"
+    assert get_method("pyramidkv:beta=2.5").label == "pyramidkv:beta=2.5"
     assert get_method("snapkv").label == "snapkv" and get_method("snapkv", window=4).label == "snapkv:window=4"
     assert get_method(" snapkv : pool = avg ").label == "snapkv:pool=avg"
 

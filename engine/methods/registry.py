@@ -83,10 +83,17 @@ def variant_label(name: str, params: dict[str, Any]) -> str:
     shown = {key: value for key, value in params.items() if key not in METHODS[name].score_files}
     if not shown:
         return name
-    text = {True: "true", False: "false"}
-    return name + ":" + ",".join(
-        f"{key}={text[value] if isinstance(value, bool) else value}" for key, value in sorted(shown.items())
-    )
+    return name + ":" + ",".join(f"{key}={_spelled(value)}" for key, value in sorted(shown.items()))
+
+
+def _spelled(value: Any) -> str:
+    """A parameter value as a variant spells it: booleans `true`/`false`, whole floats without `.0` (`beta=2` and
+    `beta=2.0` are one variant), anything else as `str` gives it."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
 
 
 def get_method(name: str, model_name: str | None = None, **params: Any) -> Method:
