@@ -7,14 +7,20 @@ No modeling file is copied or patched. Two extension points carry everything:
   prompt attends to itself in full); during decode it appends them to the ragged cache (`append_kv`) and returns
   the layer's packed buffers;
 * an attention function registered with `AttentionInterface` under the name ``"raggedkv"`` (`ragged_attention`)
-  and selected for the duration of an engine call (`models.attention_implementation`): prefill runs transformers'
-  own SDPA attention, then compresses the layer into the ragged cache (`RaggedHFCache.prefill_hook`); decode runs
-  `ragged_decode_attention` over the packed segments. HF does not pass `past_key_values` to attention functions,
-  so the engine passes the same cache object again as the `ragged_cache` keyword, which transformers forwards to
-  every attention call.
+  and selected for the duration of an engine call (`models.attention_implementation`) or of a
+  `raggedkv.compressed` block: prefill runs transformers' own SDPA attention, then compresses the layer into the
+  ragged cache (`RaggedHFCache.prefill_hook`); decode runs `ragged_decode_attention` over the packed segments.
+
+How the attention function finds its cache: transformers passes `past_key_values` to the attention module but not
+to the attention function, and every attention module calls `past_key_values.update(k, v, layer_idx)` right
+before it calls the attention function. So `RaggedLayer.update` hands its `RaggedHFCache` over to the next
+`ragged_attention` call through a context variable (`_HANDOVER`, per thread and per asyncio task), and the
+attention function takes it back (checking the layer index). No forward keyword and no hook is needed, so the
+Engine's runner, `model.generate` inside `raggedkv.compressed` and callers that drop unknown keywords (pipelines)
+all work the same way: the model only has to get the `RaggedHFCache` as its `past_key_values`.
 
 ``"raggedkv"`` has no entry in `AttentionMaskInterface`, so transformers builds no attention mask for it (prefill is
-one unpadded sequence, causal; decode needs none).
+one unpadded sequence per batch row, causal; decode needs none).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 import transformers
@@ -40,6 +47,10 @@ UNSUPPORTED_ATTENTION_SETTINGS = {
     "attention_chunk_size": "chunked attention",
 }
 TESTED_TRANSFORMERS = (Version("5.17"), Version("5.24"))  # [low, high)
+
+# The cache of the attention module now running, with its layer index: set by `RaggedLayer.update`, taken back by
+# `ragged_attention` (see the module docstring).
+_HANDOVER: ContextVar[tuple[RaggedHFCache, int] | None] = ContextVar("raggedkv_cache_handover", default=None)
 
 # (layer, query [1, Hq, n, D], key [1, Hkv, n, D], value [1, Hkv, n, D], sm_scale) -> None
 PrefillHook = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor, float], None]
@@ -126,8 +137,9 @@ class RaggedLayer(CacheLayerMixin):
         """Prefill: return `[1, Hkv, n, D]` k/v unchanged. Decode: append `[B, Hkv, 1, D]`, return the packed buffers.
 
         The packed buffers are the layer's `[layer_rows, head_dim]` K and V; `ragged_attention` reads them with the
-        layer's `kv_indptr`/`kv_lens`.
+        layer's `kv_indptr`/`kv_lens`. Either way the cache is handed over to that `ragged_attention` call.
         """
+        _HANDOVER.set((self.owner, self.layer_idx))
         if self.owner.prefill_hook is not None:
             return key_states, value_states
         cache = self.owner.ragged
@@ -141,8 +153,11 @@ class RaggedLayer(CacheLayerMixin):
         return self.get_seq_length() + query_length, 0
 
     def get_seq_length(self) -> int:
-        """Positions seen by the longest sequence before this step: its prompt plus the decode steps the runner has
-        counted (host counters only, unchanged during a step)."""
+        """Positions seen by the longest sequence before this step: 0 while a prefill is pending or running (so
+        `generate` feeds the whole prompt), then its prompt plus the decode steps counted so far (host counters only,
+        unchanged during a step)."""
+        if self.owner.prefill_hook is not None:
+            return 0
         cache = self.owner.ragged
         return max(cache.prompt_lens) + cache.decode_steps
 
@@ -188,25 +203,28 @@ def ragged_attention(
     attention_mask: torch.Tensor | None,
     scaling: float | None = None,
     dropout: float = 0.0,
-    ragged_cache: RaggedHFCache | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """The ``"raggedkv"`` attention function (transformers' AttentionInterface signature).
 
     Args:
-        query: `[B, Hq, S, D]` after RoPE; key, value: what `RaggedHFCache.update` returned.
-        ragged_cache: the `RaggedHFCache` that is also the model's `past_key_values`.
+        module: the attention module; its `layer_idx` must be the layer whose `RaggedLayer.update` ran just before.
+        query: `[B, Hq, S, D]` after RoPE; key, value: what `RaggedLayer.update` returned.
 
     Returns:
         (`[B, S, Hq, D]` attention output, None).
     """
-    if ragged_cache is None:
+    handed_over = _HANDOVER.get()
+    _HANDOVER.set(None)
+    layer = module.layer_idx
+    if handed_over is None or handed_over[1] != layer:
         raise RuntimeError(
-            f"the {ATTENTION_NAME!r} attention implementation runs only inside raggedkv's Engine; call "
+            f"the {ATTENTION_NAME!r} attention implementation runs only on a raggedkv cache (raggedkv's Engine, or "
+            "model.generate inside raggedkv.compressed); this forward's past_key_values is not one. Call "
             "model.set_attn_implementation('sdpa') to use this model elsewhere"
         )
+    ragged_cache = handed_over[0]
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
-    layer = module.layer_idx
     if ragged_cache.prefill_hook is not None:
         out, _ = ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, None, dropout=0.0, scaling=scale)
         ragged_cache.prefill_hook(layer, query, key, value, scale)

@@ -155,7 +155,6 @@ class ModelRunner:
                         position_ids=torch.arange(len(ids), device=self.device)[None],
                         past_key_values=hf_cache,
                         use_cache=True,
-                        ragged_cache=hf_cache,
                         logits_to_keep=1,
                     )
                 synchronize(self.device)
@@ -176,7 +175,6 @@ class ModelRunner:
             position_ids=inputs.positions,
             past_key_values=hf_cache,
             use_cache=True,
-            ragged_cache=hf_cache,
         )
         return out.logits[:, -1]
 
