@@ -1,0 +1,228 @@
+"""`raggedkv.compressed`: the ragged cache behind plain `model.generate(...)`, transformers' own generation loop.
+
+    import raggedkv
+    with raggedkv.compressed(model, method="snapkv", kv_size=64):
+        out = model.generate(input_ids, max_new_tokens=100)   # greedy, sampling, streamers, stop strings, ...
+
+Inside the block `model.generate` prefills each prompt with full attention, compresses it into a `RaggedHFCache`
+exactly as the `Engine` does (same method, budgets, compressors and kernels: greedy tokens equal
+`Engine.generate_ids` for the same method and kv_size) and decodes on it; token choice, logits processors, stopping
+criteria and streamers are transformers' own. How it is wired, with nothing patched in transformers:
+
+* the model's attention implementation is ``"raggedkv"`` (`hf.ragged_attention`) for the duration of the block;
+* `model.generate` is wrapped (an instance attribute): the wrapper checks the call (`check_generate_call`), sizes
+  and allocates the cache for its prompts (decode headroom `max_new_tokens - 1`, read from the call's resolved
+  generation config) and passes it as `past_key_values`; the cache reports 0 seen tokens until its prefill ran,
+  so transformers feeds the whole prompt;
+* two forward hooks on the model: before a forward, the headroom guard (and the refusal of forwards that are not
+  the cache's prefill or single-token decode steps); after it, the end of the prefill (`plan_decode`) or the count
+  of one decode step, the bookkeeping `ModelRunner` does around its own steps.
+
+On exit (also after an exception) the attention implementation, the training flag, `generate` and the hooks are
+restored; the model's configs are never written. Refused, with an error naming the argument: beam search
+(`num_beams > 1`), several returned sequences per prompt (`num_return_sequences > 1`), assisted decoding
+(`assistant_model`, `prompt_lookup_num_tokens`), chunked prefill (`prefill_chunk_size`), padded batches (zeros in
+`attention_mask`), `inputs_embeds`, a caller's own `past_key_values` and `use_cache=False`. An unpadded batch of
+equal-length prompts works (each row is compressed on its own).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from typing import Any
+
+import torch
+from transformers import GenerationConfig, PreTrainedModel
+
+from .cache import RaggedKVCache
+from .checks import check_kv_size, check_prompt_ids
+from .compress import SequenceCompressor, plan_budgets
+from .generate import Engine
+from .hf import ATTENTION_NAME, RaggedHFCache
+from .models import attention_implementation
+
+WHERE = "inside raggedkv.compressed"
+
+
+@contextmanager
+def compressed(
+    model: PreTrainedModel,
+    method: str = "snapkv",
+    kv_size: int | None = None,
+    head_scores: object = None,
+    backend: str = "auto",
+    **method_params,
+) -> Iterator[PreTrainedModel]:
+    """Run `model.generate` on a compressed ragged cache inside the block; yields `model`.
+
+    Args:
+        method: a method name or variant spelling (``"snapkv"``, ``"headkv-r2:beta=1.5"``; see
+            `raggedkv.engine.methods.METHODS`) or a `Method` instance.
+        kv_size: tokens kept per KV head per layer on average, window included; None (or a value >= a prompt's
+            length) keeps the whole prompt.
+        head_scores, backend, method_params: as in `Engine.from_model`.
+
+    Raises:
+        ValueError: an unsupported model, unknown method or backend, or a bad kv_size (before the model is
+            touched); inside the block, a refused `generate` argument (see the module docstring).
+    """
+    was_training = model.training
+    engine = Engine.from_model(model, None, method, head_scores=head_scores, backend=backend, **method_params)
+    try:
+        check_kv_size(kv_size, engine.method)
+        with ExitStack() as restore:
+            restore.enter_context(attention_implementation(model, ATTENTION_NAME))
+            had_own_generate = "generate" in vars(model)
+            own_generate = vars(model).get("generate")
+            model.generate = _compressed_generate(model, engine, kv_size, model.generate)
+            restore.callback(_restore_generate, model, had_own_generate, own_generate)
+            restore.callback(model.register_forward_pre_hook(_before_forward, with_kwargs=True).remove)
+            restore.callback(model.register_forward_hook(_after_forward, with_kwargs=True).remove)
+            yield model
+    finally:
+        model.train(was_training)
+
+
+def _restore_generate(model: PreTrainedModel, had_own: bool, own: Any) -> None:
+    """Put back the instance attribute `generate` the model had before the block, or remove ours."""
+    if had_own:
+        model.generate = own
+    else:
+        del model.generate
+
+
+def _compressed_generate(model: PreTrainedModel, engine: Engine, kv_size: int | None, generate: Any) -> Any:
+    """`generate` that checks the call, allocates a `RaggedHFCache` for its prompts and passes it on."""
+
+    @functools.wraps(generate)
+    def wrapper(*args, **kwargs):
+        prompt_ids = args[0] if args else kwargs.get("input_ids", kwargs.get("inputs"))
+        max_new_tokens = check_generate_call(model, prompt_ids, kwargs)
+        prompts = check_prompt_ids(prompt_ids.tolist(), model.config, max_new_tokens)
+        kwargs["past_key_values"] = allocate(engine, prompts, kv_size, headroom=max_new_tokens - 1)
+        return generate(*args, **kwargs)
+
+    return wrapper
+
+
+def check_generate_call(model: PreTrainedModel, prompt_ids: object, kwargs: dict) -> int:
+    """Refuse what the compressed cache cannot do, naming the argument; return the call's max_new_tokens.
+
+    `prompt_ids` is the call's int64 `[batch, n]` input ids; the generation config is resolved as transformers does
+    it (the call's `generation_config`, else the model's, updated with the call's keywords) without writing either.
+    """
+    if kwargs.get("inputs_embeds") is not None or not isinstance(prompt_ids, torch.Tensor) or prompt_ids.ndim != 2:
+        raise ValueError(f"{WHERE}, generate needs input_ids as an int tensor [batch, tokens] (not inputs_embeds)")
+    for name in ("past_key_values", "assistant_model"):
+        if kwargs.get(name) is not None:
+            why = "generate makes its own compressed cache" if name == "past_key_values" else (
+                "assisted decoding verifies several tokens per step")
+            raise ValueError(f"{name} is not supported {WHERE}: {why}")
+    mask = kwargs.get("attention_mask")
+    if mask is not None and not bool((mask == 1).all()):
+        raise ValueError(
+            f"attention_mask has padding (zeros), which is not supported {WHERE}: generate one prompt per call, or a "
+            "batch of prompts of equal length without padding"
+        )
+    user_config = kwargs.get("generation_config")
+    config, _ = model._prepare_generation_config(  # transformers' own resolution; writes no config
+        user_config, **{k: v for k, v in kwargs.items() if k != "generation_config"}
+    )
+    refused = {
+        "num_beams": (config.num_beams != 1, "beam search reorders caches; use num_beams=1"),
+        "num_return_sequences": (
+            config.num_return_sequences not in (None, 1), "repeat the prompt in the batch instead (one row each)"),
+        "prompt_lookup_num_tokens": (
+            config.prompt_lookup_num_tokens is not None, "assisted decoding verifies several tokens per step"),
+        "prefill_chunk_size": (config.prefill_chunk_size is not None, "each prompt is prefilled in one forward"),
+        "use_cache": (config.use_cache is False, "the compressed cache is the point"),
+    }
+    for name, (bad, why) in refused.items():
+        if bad:
+            raise ValueError(f"{name}={getattr(config, name)!r} is not supported {WHERE}: {why}")
+    default_length = kwargs.get("max_length") is None and all(
+        c is None or c.max_length is None for c in (user_config, model.generation_config))
+    return new_tokens_bound(config, prompt_ids.shape[1], default_length, model.config.max_position_embeddings)
+
+
+def new_tokens_bound(config: GenerationConfig, prompt_len: int, default_length: bool, context: int) -> int:
+    """The most tokens `generate` adds to a `prompt_len`-token prompt under the resolved `config`, as
+    transformers' `_prepare_generated_length` decides it: `max_new_tokens`; else, when no `max_length` was given
+    anywhere (`default_length`), `config.max_length` new tokens within the `context`; else `max_length` minus the
+    prompt. At least 1 (transformers itself refuses a `max_length` the prompt already reaches)."""
+    if config.max_new_tokens is not None:
+        new_tokens = config.max_new_tokens
+    elif default_length:
+        new_tokens = min(config.max_length, context - prompt_len)
+    else:
+        new_tokens = config.max_length - prompt_len
+    return max(new_tokens, 1)
+
+
+def allocate(engine: Engine, prompts: list[list[int]], kv_size: int | None, headroom: int) -> RaggedHFCache:
+    """A `RaggedHFCache` for a batch of equal-length prompts with its prefill pending: the next forward on it runs
+    full attention and compresses each batch row into its own sequence, as `ModelRunner.prefill` does per prompt.
+
+    Args:
+        prompts: checked token ids, one list per batch row. headroom: decode rows reserved in every segment.
+    """
+    shape, method = engine.shape, engine.method
+    plans = [plan_budgets(method, shape, len(ids), kv_size) for ids in prompts]
+    ragged = RaggedKVCache(
+        torch.stack([plan.sum(dim=1) for plan in plans], dim=1),
+        [len(ids) for ids in prompts],
+        num_kv_heads=shape.num_kv_heads,
+        head_dim=shape.head_dim,
+        headroom=headroom,
+        dtype=engine.model.dtype,
+        device=engine.device,
+        backend=engine.backend,
+    )
+    cache = RaggedHFCache(ragged)
+    compressors = [SequenceCompressor(method, plan, ragged, row) for row, plan in enumerate(plans)]
+
+    def compress_rows(layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float) -> None:
+        """query `[B, Hq, n, D]`, key/value `[B, Hkv, n, D]`: row b goes to sequence b."""
+        for row, compressor in enumerate(compressors):
+            compressor(layer, query[row : row + 1], key[row : row + 1], value[row : row + 1], scale)
+
+    cache.prefill_hook = compress_rows
+    return cache
+
+
+def _cache_of(args: tuple, kwargs: dict) -> RaggedHFCache:
+    """The forward's `RaggedHFCache` (a keyword as generate passes it, or positional), refusing any other forward."""
+    cache = next((a for a in (*args, *kwargs.values()) if isinstance(a, RaggedHFCache)), None)
+    if cache is None:
+        raise RuntimeError(
+            f"{WHERE} the model runs only through model.generate (or a raggedkv Engine); call it after the block"
+        )
+    return cache
+
+
+def _before_forward(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+    """Decode steps: one new token per row, within the cache's headroom (checked on the host before the step)."""
+    cache = _cache_of(args, kwargs)
+    if cache.prefill_hook is not None:
+        return
+    ragged = cache.ragged
+    new_tokens = (kwargs.get("input_ids") if kwargs.get("input_ids") is not None else args[0]).shape[1]
+    if new_tokens != 1:
+        raise RuntimeError(f"{WHERE}, a decode forward feeds one token per sequence, got {new_tokens}")
+    if ragged.decode_steps >= ragged.headroom:
+        raise RuntimeError(
+            f"decode step {ragged.decode_steps + 1}: all {ragged.headroom} rows of decode headroom are used (the "
+            f"cache was sized for max_new_tokens={ragged.headroom + 1})"
+        )
+
+
+def _after_forward(module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+    """After the prefill: plan decode attention; after a decode step: count it (`get_seq_length` reads the count)."""
+    cache = _cache_of(args, kwargs)
+    if cache.prefill_hook is not None:
+        cache.prefill_hook = None
+        cache.plan_decode()
+    else:
+        cache.ragged.decode_steps += 1
