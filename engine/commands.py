@@ -77,8 +77,8 @@ def check_score_files(method: str, paths: dict[str, Path | None]) -> None:
 
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
-    """The flags of `Engine.from_pretrained` other than the method: model, score files, backend, device, dtype,
-    threads."""
+    """The flags of `Engine.from_pretrained` other than the method: model, score files, backend, CUDA-graph decode,
+    device, dtype, threads."""
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help=f"{DEFAULT_MODEL!r}, a local HF folder or a Hub id in the local HF cache")
     parser.add_argument("--head-scores", type=Path, metavar="PATH",
@@ -86,6 +86,8 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--layer-scores", type=Path, metavar="PATH",
                         help="layer-score JSON for compresskv (default: the model's packaged one)")
     parser.add_argument("--backend", choices=BACKEND_NAMES, default="auto")
+    parser.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false",
+                        help="decode eagerly on CUDA (default: one captured decode step replayed per token)")
     parser.add_argument("--device", default=None, help="where the model runs (default: cuda when available, else cpu)")
     parser.add_argument("--dtype", choices=DTYPE_CHOICES, default=None,
                         help="weights' dtype (default: bfloat16 on CUDA, float32 elsewhere)")
@@ -181,7 +183,7 @@ def run_generate(args: argparse.Namespace) -> int:
     prompt_text = read_prompt(args)
     set_threads(args)
     engine = Engine.from_pretrained(args.model, method=args.method, head_scores=args.head_scores, device=args.device,
-                                    dtype=args.dtype, backend=args.backend, **params)
+                                    dtype=args.dtype, backend=args.backend, cuda_graph=args.cuda_graph, **params)
     result = engine.generate(prompt_text, kv_size=args.kv_size, **sampling_kwargs(args))
     if args.json:
         print(json.dumps(result_json(result), indent=2))
@@ -226,7 +228,8 @@ def run_sweep(args: argparse.Namespace) -> int:
     pairs = sweep_variants(args.methods, args.kv_sizes, score_files)
     prompt_text = read_prompt(args)
     set_threads(args)
-    engine = Engine.from_pretrained(args.model, device=args.device, dtype=args.dtype, backend=args.backend)
+    engine = Engine.from_pretrained(args.model, device=args.device, dtype=args.dtype, backend=args.backend,
+                                    cuda_graph=args.cuda_graph)
     model_name = engine.model.name_or_path or None
     variants = [(get_method(method, model_name=model_name, **files) if files else method, kv_size)
                 for (method, files), kv_size in pairs]

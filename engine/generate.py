@@ -29,10 +29,15 @@ class Engine:
     """Generation with a head-level compressed KV cache. Build it with `from_pretrained` or `from_model`."""
 
     def __init__(
-        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, method: Method, backend: Backend
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase | None,
+        method: Method,
+        backend: Backend,
+        cuda_graph: bool = True,
     ) -> None:
         self.model, self.tokenizer, self.method, self.backend = model, tokenizer, method, backend
-        self.runner = ModelRunner(model, backend)
+        self.runner = ModelRunner(model, backend, cuda_graph)
         self.shape, self.device, self.eos_ids = self.runner.shape, self.runner.device, self.runner.eos_ids
 
     @classmethod
@@ -44,6 +49,7 @@ class Engine:
         device: torch.device | str | None = None,
         dtype: torch.dtype | str | None = None,
         backend: str | Backend = "auto",
+        cuda_graph: bool = True,
         **method_params,
     ) -> Engine:
         """Load `model` (``"smollm2-135m-instruct"``, converted on first use, a local HF folder, or a Hub id already in
@@ -55,6 +61,8 @@ class Engine:
             device, dtype: as `raggedkv.engine.models.load_model` takes them (default CUDA when available, else
                 CPU; bfloat16 on CUDA, float32 elsewhere).
             backend: ``"auto"``, ``"torch"``, ``"triton"`` or a `Backend`.
+            cuda_graph: on CUDA with the Triton backend, capture the decode step once per generation and replay it
+                for every token (`raggedkv.engine.cuda_graph`); False decodes eagerly. Elsewhere steps run eagerly.
             method_params: the method's own parameters (e.g. ``window=8``).
 
         Raises:
@@ -64,7 +72,8 @@ class Engine:
         path = resolve_model(model)
         check_model_support(AutoConfig.from_pretrained(path))
         hf_model, tokenizer = load_model(path, device, dtype)
-        return cls.from_model(hf_model, tokenizer, method, head_scores=head_scores, backend=backend, **method_params)
+        return cls.from_model(hf_model, tokenizer, method, head_scores=head_scores, backend=backend,
+                              cuda_graph=cuda_graph, **method_params)
 
     @classmethod
     def from_model(
@@ -74,6 +83,7 @@ class Engine:
         method: str | Method = "snapkv",
         head_scores: object = None,
         backend: str | Backend = "auto",
+        cuda_graph: bool = True,
         **method_params,
     ) -> Engine:
         """Wrap an instantiated transformers causal LM (and its tokenizer; without one, use `generate_ids`).
@@ -90,7 +100,7 @@ class Engine:
             method = get_method(method, model_name=model.name_or_path or None, **extra, **method_params)
         device = next(model.parameters()).device
         backend = backend if isinstance(backend, Backend) else get_backend(backend, device)
-        return cls(model.eval(), tokenizer, method, backend)
+        return cls(model.eval(), tokenizer, method, backend, cuda_graph)
 
     def generate(
         self,
@@ -250,6 +260,8 @@ class Engine:
                 decode_seconds=decode_seconds,
                 decode_steps=steps,
                 decode_tokens_per_s=batch * steps / decode_seconds if steps else 0.0,
+                decode_mode=decoded.mode,
+                graph_capture_seconds=decoded.capture_seconds,
             )
             text = self.tokenizer.decode(ids, skip_special_tokens=True) if self.tokenizer is not None else ""
             results.append(GenerationResult(text, ids, "eos" if stop is not None else "length", stats))

@@ -20,6 +20,8 @@ class GenerationStats:
         `kv_size >= prompt_tokens`).
     prefill_seconds: this sequence's prefill. decode_seconds, decode_steps, decode_tokens_per_s: the batch's decode
         loop (tokens/s counts every sequence of the batch: `batch_size * decode_steps / decode_seconds`).
+    decode_mode: ``"cuda-graph"`` (one captured step replayed per token) or ``"eager"``. graph_capture_seconds: the
+        batch's warm-up plus capture (0.0 in eager mode), not part of decode_seconds.
     """
 
     prompt_tokens: int
@@ -38,6 +40,8 @@ class GenerationStats:
     decode_seconds: float
     decode_steps: int
     decode_tokens_per_s: float
+    decode_mode: str = "eager"
+    graph_capture_seconds: float = 0.0
 
     @property
     def kv_fraction_kept(self) -> float:
@@ -82,6 +86,8 @@ def format_stats(result: GenerationResult) -> str:
         ("backend", f"{stats.backend} on {stats.device}"),
         ("prefill", f"{stats.prefill_seconds:.2f} s"),
         ("decode", f"{stats.decode_seconds:.2f} s, {stats.decode_tokens_per_s:.1f} tokens/s"),
+        ("decode mode", stats.decode_mode + (f", captured in {stats.graph_capture_seconds:.2f} s"
+                                             if stats.decode_mode == "cuda-graph" else "")),
     ]
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)

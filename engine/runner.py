@@ -8,8 +8,10 @@ first step, so a step allocates nothing that depends on the data and, on the Tri
 from the device). The step has no host-side state: it reads static token/position buffers (`StepInputs`) that the
 loop writes in place, and the loop, not the cache's `append`, counts steps (`RaggedKVCache.decode_steps`, which
 `get_seq_length` reads) and checks the decode headroom on the host before each step. That is what a CUDA-graph
-capture of the step needs. Argument checks and turning tokens into results belong to the `Engine` API
-(`generate.py`).
+capture of the step needs: on CUDA with the Triton backend the step is captured once per generation and replayed
+for every token (`cuda_graph.DecodeGraph`; `cuda_graph=False` or any other device/backend runs it eagerly), and
+`teacher_force` feeds its tokens through the same step. Argument checks and turning tokens into results belong to
+the `Engine` API (`generate.py`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from transformers import PreTrainedModel
 from .backend import Backend
 from .cache import KVMemory, RaggedKVCache
 from .compress import SequenceCompressor, plan_budgets
+from .cuda_graph import GRAPH, DecodeGraph, decode_mode
 from .hf import ATTENTION_NAME, RaggedHFCache
 from .methods import Method
 from .models import attention_implementation, eos_token_ids, model_shape
@@ -62,8 +65,11 @@ class Prefilled:
 
     One sequence per variant. logits: `[batch, vocab]`. kept: int64 `[batch, num_layers, num_kv_heads]` tokens
     kept per head. memory: bytes right after prefill. prompt_lens, prefill_seconds: per sequence (a prompt shared
-    by several variants was prefilled once: they report the same seconds).
+    by several variants was prefilled once: they report the same seconds). inputs, graph: the decode step's static
+    buffers and, in graph mode, its capture, made by the first decode or teacher-forced step and reused by later
+    ones on this state.
     """
+
 
     cache: RaggedKVCache
     hf_cache: RaggedHFCache
@@ -73,6 +79,8 @@ class Prefilled:
     kept: torch.Tensor
     memory: KVMemory
     prefill_seconds: list[float]
+    inputs: StepInputs | None = None
+    graph: DecodeGraph | None = None
 
 
 @dataclass(frozen=True)
@@ -87,11 +95,15 @@ class StepInputs:
 @dataclass
 class Decoded:
     """The decode loop's output: int64 `[batch, 1 + steps]` tokens (the first sampled from the prefill logits,
-    including those sampled after a sequence ended), the number of decode `steps` and their wall-clock `seconds`."""
+    including those sampled after a sequence ended), the number of decode `steps` and their wall-clock `seconds`;
+    `mode` (`cuda_graph.GRAPH` or `cuda_graph.EAGER`) and the `capture_seconds` (warm-up + capture, not in
+    `seconds`) this generation's graph took."""
 
     tokens: torch.Tensor
     steps: int
     seconds: float
+    mode: str
+    capture_seconds: float
 
 
 def synchronize(device: torch.device) -> None:
@@ -101,13 +113,18 @@ def synchronize(device: torch.device) -> None:
 
 
 class ModelRunner:
-    """Runs one transformers model on the ragged cache with one kernel `backend` (arguments already checked)."""
+    """Runs one transformers model on the ragged cache with one kernel `backend` (arguments already checked).
 
-    def __init__(self, model: PreTrainedModel, backend: Backend) -> None:
+    cuda_graph: decode by replaying one captured step per generation where that is possible (CUDA and the Triton
+    backend); False always runs steps eagerly. `mode` says which applies.
+    """
+
+    def __init__(self, model: PreTrainedModel, backend: Backend, cuda_graph: bool = True) -> None:
         self.model, self.backend = model, backend
         self.shape = model_shape(model.config)
         self.device = next(model.parameters()).device
         self.eos_ids = eos_token_ids(model)
+        self.mode = decode_mode(cuda_graph, self.device, backend.name)
 
     def run(
         self, prompts: list[list[int]], variants: list[Variant], sampling: SamplingParams
@@ -179,17 +196,47 @@ class ModelRunner:
         return out.logits[:, -1]
 
     def step_inputs(self, state: Prefilled, first: torch.Tensor) -> StepInputs:
-        """The static inputs of a generation's decode steps, holding the int64 `[batch]` `first` tokens at each
-        sequence's first decode position (its prompt length plus the steps already taken)."""
-        positions = torch.tensor(state.prompt_lens, dtype=torch.int64, device=self.device) + state.cache.decode_steps
-        return StepInputs(tokens=first[:, None].clone(), positions=positions[:, None])
+        """The static inputs of `state`'s decode steps, now holding the int64 `[batch]` `first` tokens at each
+        sequence's next decode position (its prompt length plus the steps already taken). The first call on a state
+        allocates them; later calls write into the same buffers, so a captured step keeps reading them."""
+        positions = (torch.tensor(state.prompt_lens, dtype=torch.int64) + state.cache.decode_steps)[:, None]
+        if state.inputs is None:
+            state.inputs = StepInputs(tokens=first[:, None].clone(), positions=positions.to(self.device))
+        else:
+            state.inputs.tokens.copy_(first[:, None])
+            state.inputs.positions.copy_(positions)
+        return state.inputs
+
+    def prepare(self, state: Prefilled, inputs: StepInputs) -> float:
+        """Graph mode: capture the decode step on `inputs` unless `state` already holds that capture -> the seconds
+        the warm-up and capture took (0.0 when nothing was captured; always in eager mode). The cache is left as it
+        was. `advance` calls it; the decode loop calls it first so that its timer counts steps only.
+
+        Raises:
+            RuntimeError: the capture failed (the message says how to decode eagerly instead).
+        """
+        if self.mode != GRAPH or (state.graph is not None and state.graph.inputs is inputs):
+            return 0.0
+        state.graph = None  # the previous capture's memory pool goes back before the new capture allocates
+        try:
+            state.graph = DecodeGraph.capture(
+                lambda: self.decode_step(state.hf_cache, inputs), inputs, state.cache.kv_lens
+            )
+        except RuntimeError as exc:
+            raise RuntimeError(
+                f"capturing the decode step as a CUDA graph failed ({exc}); pass cuda_graph=False to the Engine "
+                "(raggedkv generate --no-cuda-graph) to decode eagerly"
+            ) from exc
+        return state.graph.capture_seconds
 
     def advance(self, state: Prefilled, inputs: StepInputs) -> torch.Tensor:
-        """Run one decode step on `inputs` and count it -> logits `[batch, vocab]` (inputs still hold the fed tokens).
+        """Run one decode step on `inputs` (a replay of the captured step in graph mode) and count it -> logits
+        `[batch, vocab]` (inputs still hold the fed tokens). In graph mode the logits are the graph's static output,
+        overwritten by the next step: sample from them or copy them first.
 
         Raises:
             RuntimeError: the step would need more rows than the cache's decode headroom (checked on the host from
-                the step counter, before the step).
+                the step counter, before the step), or the capture failed.
         """
         cache = state.cache
         if cache.decode_steps >= cache.headroom:
@@ -197,7 +244,8 @@ class ModelRunner:
                 f"decode step {cache.decode_steps + 1}: all {cache.headroom} rows of decode headroom are used "
                 f"(the cache was sized for max_new_tokens={cache.headroom + 1})"
             )
-        logits = self.decode_step(state.hf_cache, inputs)
+        self.prepare(state, inputs)
+        logits = state.graph.replay() if self.mode == GRAPH else self.decode_step(state.hf_cache, inputs)
         cache.decode_steps += 1
         return logits
 
@@ -205,18 +253,22 @@ class ModelRunner:
         self, state: Prefilled, first: torch.Tensor, sampling: SamplingParams, generator: torch.Generator | None
     ) -> Decoded:
         """Decode from the int64 `[batch]` `first` tokens until every sequence has produced an end token or
-        `sampling.max_new_tokens` tokens (the ragged attention implementation must be selected).
+        `sampling.max_new_tokens` tokens (the ragged attention implementation must be selected). In graph mode the
+        step is captured before the timed loop.
 
         Raises:
-            RuntimeError: a step would need more rows than the cache's decode headroom.
+            RuntimeError: a step would need more rows than the cache's decode headroom, or the capture failed.
         """
-        start = time.perf_counter()
         batch, max_new_tokens = first.shape[0], sampling.max_new_tokens
         tokens = torch.empty(batch, max_new_tokens, dtype=torch.int64, device=self.device)
         tokens[:, 0] = first
         eos = torch.tensor(self.eos_ids, dtype=torch.int64, device=self.device)
         finished = torch.isin(first, eos)
         inputs = self.step_inputs(state, first)
+        capture_seconds = 0.0
+        if max_new_tokens > 1 and state.cache.decode_steps < state.cache.headroom:
+            capture_seconds = self.prepare(state, inputs)
+        start = time.perf_counter()
         check_every = EOS_CHECK_EVERY_CUDA if self.device.type == "cuda" else 1
         steps = 0
         for step in range(1, max_new_tokens):
@@ -229,11 +281,13 @@ class ModelRunner:
             inputs.positions.add_(1)
             steps = step
         synchronize(self.device)
-        return Decoded(tokens[:, : steps + 1], steps, time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        return Decoded(tokens[:, : steps + 1], steps, seconds, self.mode, capture_seconds)
 
     def teacher_force(self, state: Prefilled, tokens: torch.Tensor) -> torch.Tensor:
-        """Feed the int64 `[batch, T]` `tokens` through `T` decode steps, whatever the model would have sampled
-        (the ragged attention implementation must be selected; the cache needs `T` rows of headroom left).
+        """Feed the int64 `[batch, T]` `tokens` through `T` decode steps (the same step as `decode`, replayed in
+        graph mode), whatever the model would have sampled (the ragged attention implementation must be selected;
+        the cache needs `T` rows of headroom left).
 
         Returns:
             fp32 logits `[batch, T, vocab]`: row `t` is the distribution after `tokens[:, t]`, i.e. over token `t + 1`.
@@ -244,7 +298,7 @@ class ModelRunner:
             if t:
                 inputs.tokens.copy_(tokens[:, t : t + 1])
                 inputs.positions.add_(1)
-            logits.append(self.advance(state, inputs).float())
+            logits.append(self.advance(state, inputs).to(torch.float32, copy=True))
         return torch.stack(logits, dim=1)
 
 

@@ -41,7 +41,7 @@ def test_generate_defaults_are_the_apis():
     cli_defaults = generate_defaults()
     for name in ("kv_size", "max_new_tokens", "temperature", "top_p", "seed", "chat_template"):
         assert cli_defaults[name] == api_default(Engine.generate, name), name
-    for name in ("model", "method", "head_scores", "device", "dtype", "backend"):
+    for name in ("model", "method", "head_scores", "device", "dtype", "backend", "cuda_graph"):
         assert cli_defaults[name] == api_default(Engine.from_pretrained, name), name
 
 
@@ -50,7 +50,7 @@ def test_sweep_defaults_are_the_apis():
     cli_defaults = vars(parser.parse_args(["sweep", "--prompt", "x", "--methods", "snapkv", "--kv-sizes", "8"]))
     for name in ("max_new_tokens", "temperature", "top_p", "seed", "chat_template"):
         assert cli_defaults[name] == api_default(Engine.sweep, name), name
-    for name in ("model", "head_scores", "device", "dtype", "backend"):
+    for name in ("model", "head_scores", "device", "dtype", "backend", "cuda_graph"):
         assert cli_defaults[name] == api_default(Engine.from_pretrained, name), name
 
 
