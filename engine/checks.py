@@ -8,6 +8,7 @@ import torch
 from transformers import PretrainedConfig
 
 from .arguments import Int, Real
+from .compress import with_header
 from .methods import Method, not_a_method
 
 MAX_NEW_TOKENS = Int(1)
@@ -16,17 +17,24 @@ TOP_P = Real(0.0, 1.0, low_open=True)
 SEED = Int(0, 2**64 - 1)  # torch.Generator.manual_seed's range
 
 
-def check_kv_size(kv_size: object, method: object) -> None:
-    """`kv_size` is None (no compression) or an int >= `method.min_kv_size`, whatever the prompt's length.
+def check_kv_size(kv_size: object, method: object, header: int = 0) -> None:
+    """`kv_size` is None (no compression) or an int >= the least the method keeps, whatever the prompt's length.
 
-    The one check of `kv_size`: the engine runs it before any planning.
+    That least is `method.min_kv_size`, plus `header` for a method that keeps a window: `header` is the longest
+    chat-template assistant header among the prompts `kv_size` applies to (0 for none), which every head keeps on
+    top of its window (`compress.with_header`). The one check of `kv_size`: the engine runs it before any planning.
     """
     if not isinstance(method, Method):
         raise not_a_method(method)
     if kv_size is None:
         return
+    least = with_header(method, header).min_kv_size
     why = f"the least method {method.name!r} keeps per head; None keeps the whole prompt"
-    Int(method.min_kv_size, why=why).check("kv_size", kv_size)
+    if least > method.min_kv_size:
+        why = (f"method {method.name!r} keeps {method.min_kv_size} tokens per head plus the prompt's {header}-token "
+               "chat-template assistant header (question window on); None keeps the whole prompt, "
+               "question_window=False (--no-question-window) drops the header's share")
+    Int(least, why=why).check("kv_size", kv_size)
 
 
 def check_text_prompts(prompt: object) -> list[str]:
@@ -79,6 +87,19 @@ def check_prompt_ids(
             )
         checked.append(list(ids))
     return checked
+
+
+def check_header_tokens(header_tokens: object, prompts: list[list[int]]) -> list[int]:
+    """One header length per prompt: an int for all of them, or a list of one int per prompt; each in
+    `[0, len(prompt) - 1]` (at least one token before the header is the user's)."""
+    headers = [header_tokens] * len(prompts) if isinstance(header_tokens, int) else header_tokens
+    if isinstance(header_tokens, bool) or not isinstance(headers, Sequence) or len(headers) != len(prompts):
+        raise ValueError(
+            f"header_tokens must be an int or a list of {len(prompts)} ints (one per prompt), got {header_tokens!r:.80}"
+        )
+    for i, (header, ids) in enumerate(zip(headers, prompts)):
+        Int(0, len(ids) - 1, why=f"prompt {i} has {len(ids)} tokens").check(f"header_tokens[{i}]", header)
+    return list(headers)
 
 
 def check_sampling(max_new_tokens: object, temperature: object, top_p: object, seed: object) -> None:

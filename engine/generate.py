@@ -4,6 +4,11 @@ The API half of generation: loading, argument checks, prompts to token ids and t
 The model-facing half (prefill, the decode step and the decode loop) is `runner.ModelRunner`. `sweep` puts several
 compressions of one prompt into one batch: the prompt is prefilled once and each layer is compressed once per
 (method, kv_size).
+
+The question-aware window: a prompt encoded with the chat template ends with the template's assistant header, and
+by default (`question_window=True`) every head keeps those header tokens while the window just before them (the
+end of the user's text) scores the rest (`compress.with_header`). `kv_size` counts every kept token, header
+included. Token-id prompts pass the header's length explicitly (`header_tokens`, default 0: the plain window).
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ from transformers import AutoConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from .arguments import DEFAULT_MAX_NEW_TOKENS
 from .backend import Backend, get_backend
-from .checks import check_kv_size, check_prompt_ids, check_sampling, check_text_prompts
+from .chat_header import encode_user_turn
+from .checks import check_header_tokens, check_kv_size, check_prompt_ids, check_sampling, check_text_prompts
 from .default_model import DEFAULT_MODEL, resolve_model
 from .hf import check_model_support
 from .methods import Method, get_method
@@ -112,6 +118,7 @@ class Engine:
         top_p: float = 1.0,
         seed: int | None = None,
         chat_template: bool = True,
+        question_window: bool = True,
     ) -> GenerationResult | list[GenerationResult]:
         """Generate a reply to `prompt` (one string, or a list decoded together as a batch).
 
@@ -121,6 +128,9 @@ class Engine:
             max_new_tokens: upper bound on generated tokens; generation stops earlier on the model's end tokens.
             temperature: 0 = greedy; otherwise sampling, with `top_p` nucleus filtering and `seed` for repeatability.
             chat_template: wrap each prompt as a user turn with the tokenizer's chat template, when it has one.
+            question_window: with the chat template, score with the window just before the template's assistant
+                header and keep the header in every head (counted in `kv_size`); False scores with the last
+                window tokens, header included.
 
         Returns:
             One `GenerationResult` for a string prompt, a list for a list of prompts.
@@ -128,21 +138,25 @@ class Engine:
         prompts = check_text_prompts(prompt)
         if self.tokenizer is None:
             raise ValueError("this Engine has no tokenizer: pass token ids to generate_ids instead")
+        encoded = [self.encode_with_header(p, chat_template=chat_template) for p in prompts]
         results = self.generate_ids(
-            [self.encode(p, chat_template=chat_template) for p in prompts],
+            [ids for ids, _ in encoded],
             kv_size=kv_size, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
+            header_tokens=[header if question_window else 0 for _, header in encoded],
         )
         return results[0] if isinstance(prompt, str) else results
 
     def encode(self, prompt: str, *, chat_template: bool = True) -> list[int]:
         """Token ids of `prompt`, as a user turn of the chat template when asked for and available."""
+        return self.encode_with_header(prompt, chat_template=chat_template)[0]
+
+    def encode_with_header(self, prompt: str, *, chat_template: bool = True) -> tuple[list[int], int]:
+        """`encode`'s token ids and how many of them, at the end, are the chat template's assistant header (the
+        `header_tokens` of `generate_ids`/`sweep`; `chat_header.encode_user_turn`); 0 without a template."""
         tokenizer = self.tokenizer
         if chat_template and getattr(tokenizer, "chat_template", None):
-            text = tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-            )
-            return tokenizer(text, add_special_tokens=False)["input_ids"]
-        return tokenizer(prompt)["input_ids"]
+            return encode_user_turn(tokenizer, prompt)
+        return tokenizer(prompt)["input_ids"], 0
 
     @torch.inference_mode()
     def generate_ids(
@@ -154,12 +168,20 @@ class Engine:
         temperature: float = 0.0,
         top_p: float = 1.0,
         seed: int | None = None,
+        header_tokens: int | Sequence[int] = 0,
     ) -> list[GenerationResult]:
-        """`generate` for token ids: `prompt_ids` is a list of prompts, each a list of ints (or a 1-D tensor)."""
+        """`generate` for token ids: `prompt_ids` is a list of prompts, each a list of ints (or a 1-D tensor).
+
+        `header_tokens`: how many tokens at the end of each prompt are a chat template's assistant header (one int
+        for all prompts or one per prompt, from `encode_with_header`); 0 (default) scores with the last window
+        tokens, as for a prompt without a header.
+        """
         check_sampling(max_new_tokens, temperature, top_p, seed)
         check_kv_size(kv_size, self.method)
         prompts = check_prompt_ids(prompt_ids, self.model.config, max_new_tokens)
-        variants = [Variant(i, self.method, kv_size) for i in range(len(prompts))]
+        headers = check_header_tokens(header_tokens, prompts)
+        check_kv_size(kv_size, self.method, max(headers))
+        variants = [Variant(i, self.method, kv_size, headers[i]) for i in range(len(prompts))]
         return self._generate(prompts, variants, SamplingParams(max_new_tokens, temperature, top_p, seed))
 
     @torch.inference_mode()
@@ -173,6 +195,8 @@ class Engine:
         top_p: float = 1.0,
         seed: int | None = None,
         chat_template: bool = True,
+        question_window: bool = True,
+        header_tokens: int = 0,
     ) -> list[GenerationResult]:
         """Answer one prompt under several `(method, kv_size)` variants with a single prefill.
 
@@ -183,7 +207,8 @@ class Engine:
         half precision), for the price of one prefill: what method comparisons and budget sweeps need.
 
         Args:
-            prompt: text (encoded like `generate` does, `chat_template` as there) or token ids.
+            prompt: text (encoded like `generate` does, `chat_template` and `question_window` as there) or token ids
+                (`header_tokens` as in `generate_ids`; only for token ids).
             variants: `(method, kv_size)` pairs; a method is a name (built with this model's default head scores
                 and parameters) or a `Method` instance; kv_size as in `generate`.
             max_new_tokens, temperature, top_p, seed: as in `generate`; sampling draws for the whole batch, so
@@ -195,7 +220,7 @@ class Engine:
         if not isinstance(variants, Sequence) or isinstance(variants, str) or not variants:
             raise ValueError(f"variants must be a non-empty list of (method, kv_size) pairs, got {variants!r:.80}")
         check_sampling(max_new_tokens, temperature, top_p, seed)
-        rows = []
+        pairs = []
         for i, variant in enumerate(variants):
             if not isinstance(variant, Sequence) or isinstance(variant, str) or len(variant) != 2:
                 raise ValueError(f"variants[{i}] must be a (method, kv_size) pair, got {variant!r}")
@@ -203,13 +228,21 @@ class Engine:
             if isinstance(method, str):
                 method = get_method(method, model_name=self.model.name_or_path or None)
             check_kv_size(kv_size, method)
-            rows.append(Variant(0, method, kv_size))
+            pairs.append((method, kv_size))
         if isinstance(prompt, str):
             if self.tokenizer is None:
                 raise ValueError("this Engine has no tokenizer: pass token ids as the prompt instead")
+            if header_tokens:
+                raise ValueError(f"header_tokens={header_tokens!r} goes with token ids; a text prompt's header comes "
+                                 "from the chat template (question_window)")
             (prompt,) = check_text_prompts(prompt)
-            prompt = self.encode(prompt, chat_template=chat_template)
+            prompt, header = self.encode_with_header(prompt, chat_template=chat_template)
+            header_tokens = header if question_window else 0
         prompts = check_prompt_ids([prompt], self.model.config, max_new_tokens)
+        (header,) = check_header_tokens(header_tokens, prompts)
+        for method, kv_size in pairs:
+            check_kv_size(kv_size, method, header)
+        rows = [Variant(0, method, kv_size, header) for method, kv_size in pairs]
         return self._generate(prompts, rows, SamplingParams(max_new_tokens, temperature, top_p, seed))
 
     def _generate(
@@ -221,15 +254,23 @@ class Engine:
 
     @torch.inference_mode()
     def prefill(
-        self, prompt_ids: Sequence[Sequence[int]], *, kv_size: int | None, max_new_tokens: int
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        *,
+        kv_size: int | None,
+        max_new_tokens: int,
+        header_tokens: int | Sequence[int] = 0,
     ) -> Prefilled:
         """Run every prompt alone with full attention and compress it into one ragged cache for the batch.
 
         The cache reserves `max_new_tokens - 1` rows of decode headroom per segment (the last token is never fed).
+        `header_tokens` as in `generate_ids`.
         """
         check_kv_size(kv_size, self.method)
         prompts = check_prompt_ids(prompt_ids, self.model.config, max_new_tokens)
-        variants = [Variant(i, self.method, kv_size) for i in range(len(prompts))]
+        headers = check_header_tokens(header_tokens, prompts)
+        check_kv_size(kv_size, self.method, max(headers))
+        variants = [Variant(i, self.method, kv_size, headers[i]) for i in range(len(prompts))]
         return self.runner.prefill(prompts, variants, max_new_tokens)
 
     def _results(self, state: Prefilled, decoded: Decoded) -> list[GenerationResult]:
@@ -248,6 +289,7 @@ class Engine:
                 new_tokens=len(ids),
                 method=variant.method.label,
                 kv_size=variant.kv_size,
+                header_tokens=variant.header,
                 compressed=bool((kept < state.prompt_lens[seq]).any()),
                 kept_tokens=kept.tolist(),
                 kv_bytes_kept=int(memory.valid[:, seq].sum()),

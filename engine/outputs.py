@@ -13,7 +13,9 @@ MIB = 1024 * 1024
 class GenerationStats:
     """What one sequence's generation kept and cost.
 
-    kept_tokens: `[num_layers][num_kv_heads]` prompt tokens each KV head keeps (window included).
+    kept_tokens: `[num_layers][num_kv_heads]` prompt tokens each KV head keeps (window and header included).
+    header_tokens: the prompt's trailing chat-template assistant-header tokens that every head kept and the window
+        just before them scored around (the question-aware window); 0: the last window tokens scored.
     kv_bytes_kept / kv_bytes_full: K+V bytes of the prompt in the ragged cache after prefill (measured from the
         segment lengths) / in an uncompressed cache of the same prompt. kv_bytes_allocated adds decode headroom.
     compressed: False when every head keeps the whole prompt (`method="full"`, no `kv_size`, or
@@ -28,6 +30,7 @@ class GenerationStats:
     new_tokens: int
     method: str
     kv_size: int | None
+    header_tokens: int
     compressed: bool
     kept_tokens: list[list[int]]
     kv_bytes_kept: int
@@ -81,6 +84,8 @@ def format_stats(result: GenerationResult) -> str:
         ("prompt tokens", f"{stats.prompt_tokens}"),
         ("new tokens", f"{stats.new_tokens} ({result.finish_reason})"),
         ("method", f"{stats.method}, kv_size {budget}, compression {'on' if stats.compressed else 'off'}"),
+        ("scoring window", f"before the {stats.header_tokens}-token assistant header (kept)" if stats.header_tokens
+         else "the last prompt tokens"),
         ("kept per head", f"mean {sum(kept) / len(kept):.1f}, min {min(kept)}, max {max(kept)} tokens"),
         ("KV cache kept", format_kv_memory(stats)),
         ("backend", f"{stats.backend} on {stats.device}"),

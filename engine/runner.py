@@ -52,11 +52,14 @@ class Variant:
     """One sequence of a prefilled batch: which prompt it holds, and how that prompt was compressed.
 
     prompt: index of the prompt in the batch's prompt list (several variants may share one prompt).
+    header: the prompt's trailing chat-template assistant-header tokens, kept by every head and left out of scoring
+        (the question-aware window, `compress.with_header`); 0 scores with the last window tokens.
     """
 
     prompt: int
     method: Method
     kv_size: int | None
+    header: int = 0
 
 
 @dataclass
@@ -145,7 +148,7 @@ class ModelRunner:
         The cache reserves `max_new_tokens - 1` rows of decode headroom per segment (the last token is never fed).
         """
         lens = [len(prompts[v.prompt]) for v in variants]
-        plans = [plan_budgets(v.method, self.shape, n, v.kv_size) for v, n in zip(variants, lens)]
+        plans = [plan_budgets(v.method, self.shape, n, v.kv_size, v.header) for v, n in zip(variants, lens)]
         cache = RaggedKVCache(
             torch.stack([plan.sum(dim=1) for plan in plans], dim=1),
             lens,
@@ -157,7 +160,7 @@ class ModelRunner:
             backend=self.backend,
         )
         hf_cache = RaggedHFCache(cache)
-        compressors = [SequenceCompressor(v.method, plan, cache, seq)
+        compressors = [SequenceCompressor(v.method, plan, cache, seq, v.header)
                        for seq, (v, plan) in enumerate(zip(variants, plans))]
         logits, seconds = [None] * len(variants), [0.0] * len(variants)
         with attention_implementation(self.model, ATTENTION_NAME):

@@ -1,18 +1,19 @@
-"""Accuracy against KV budget: needle in a haystack, retrieval-reasoning needles and LongBench.
+"""Accuracy against KV budget: needle in a haystack, retrieval-reasoning needles and LongBench; fidelity to the full
+cache (teacher-forced answer log-probability, `run_fidelity`).
 
 Python entry points (each returns an `EvalResult`: records, summary table, files written)::
 
     from raggedkv.engine.eval import run_niah, run_reasoning, run_longbench
     run_niah(methods=["full", "snapkv"], kv_sizes=[64], lengths=[2000], depths=[0, 50, 100], out="niah.json")
 
-The CLI commands are `raggedkv eval niah|reasoning|longbench` (`commands.py`).
+The CLI commands are `raggedkv eval niah|reasoning|longbench|fidelity` (`commands.py`).
 """
 
 from __future__ import annotations
 
 import importlib
 
-_EXPORTS = {"run_longbench": ".longbench", "run_niah": ".niah", "run_reasoning": ".reasoning", "EvalResult": ".report"}
+_EXPORTS = {"run_fidelity": ".fidelity", "run_longbench": ".longbench", "run_niah": ".niah", "run_reasoning": ".reasoning", "EvalResult": ".report"}
 
 
 def __getattr__(name: str) -> object:
@@ -22,4 +23,4 @@ def __getattr__(name: str) -> object:
     return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
 
 
-__all__ = ["EvalResult", "run_longbench", "run_niah", "run_reasoning"]
+__all__ = ["EvalResult", "run_fidelity", "run_longbench", "run_niah", "run_reasoning"]

@@ -1,4 +1,4 @@
-"""`raggedkv eval {niah,reasoning,longbench}`: the evaluation commands (`register` adds them to the CLI).
+"""`raggedkv eval {niah,reasoning,longbench,fidelity}`: the evaluation commands (`register` adds them to the CLI).
 
 Lists are comma- or space-separated (`--kv-sizes 32,64 128`); integer lists also take inclusive ranges
 (`--lengths 1000:8000:1000`). A run writes its results JSON after every answered prompt (by default under
@@ -126,6 +126,30 @@ def _needle_kwargs(args: argparse.Namespace, task: str) -> dict:
     }
 
 
+def _fidelity_kwargs(args: argparse.Namespace) -> dict:
+    return {
+        **_shared_kwargs(args, "fidelity"),
+        "lengths": _flat(args.lengths),
+        "depths": _flat(args.depths),
+        "facts": args.facts,
+        "baseline": args.baseline,
+        "top_heads": args.top_heads,
+    }
+
+
+def _fidelity_parser(parser: argparse.ArgumentParser) -> None:
+    _common(parser, "32,64,128,256")
+    parser.add_argument("--lengths", type=int_list, nargs="+", default=[int_list("1000,2000")],
+                        help="prompt lengths in tokens (default 1000,2000)")
+    parser.add_argument("--depths", type=int_list, nargs="+", default=[int_list("10,50,90")],
+                        help="fact depths in percent (default 10,50,90)")
+    parser.add_argument("--facts", type=int, default=10, help="facts per (length, depth), the SE clusters (default 10)")
+    parser.add_argument("--baseline", default="snapkv",
+                        help="method (as spelled in --methods) the paired differences are taken against (snapkv)")
+    parser.add_argument("--top-heads", type=float, default=0.1,
+                        help="fraction of KV heads, by Retrieval score, for the top-heads needle-kept share (0.1)")
+
+
 def _report(result) -> int:
     print(result.table)
     for path in result.files:
@@ -134,7 +158,7 @@ def _report(result) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from . import run_longbench, run_niah, run_reasoning
+    from . import run_fidelity, run_longbench, run_niah, run_reasoning
     from ..interrupts import Interrupted, signals_interrupt
 
     if args.threads is not None:
@@ -150,6 +174,8 @@ def _run(args: argparse.Namespace) -> int:
                           "datasets": _flat(args.datasets), "limit": args.limit, "max_length": args.max_length,
                           "max_new_tokens": args.max_new_tokens}
                 return _report(run_longbench(**kwargs))
+            if args.eval_command == "fidelity":
+                return _report(run_fidelity(**_fidelity_kwargs(args)))
             run = run_niah if args.eval_command == "niah" else run_reasoning
             return _report(run(**_needle_kwargs(args, args.eval_command)))
         except KeyboardInterrupt as interrupt:
@@ -159,10 +185,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add `eval` with its sub-commands `niah`, `reasoning` and `longbench`; each sets `func(args) -> int`."""
+    """Add `eval` with its sub-commands `niah`, `reasoning`, `longbench` and `fidelity`; each sets `func(args) -> int`."""
     parser = subparsers.add_parser("eval", help="accuracy against KV budget: NIAH, reasoning needles, LongBench",
                                    description=__doc__)
-    tasks = parser.add_subparsers(dest="eval_command", required=True, metavar="{niah,reasoning,longbench}")
+    tasks = parser.add_subparsers(dest="eval_command", required=True, metavar="{niah,reasoning,longbench,fidelity}")
     niah = tasks.add_parser("niah", help="needle in a haystack over prompt lengths x needle depths",
                             description="Needle-in-a-haystack accuracy per method and KV budget, with heatmaps.")
     _needle_parser(niah, needles=1)
@@ -179,6 +205,12 @@ def register(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
                            help="cap every dataset's answer length (quick checks; default: the official lengths)")
     longbench.add_argument("--max-length", type=int,
                            help="truncate prompts to N tokens (default: context minus answer and chat template)")
-    for sub in (niah, reasoning, longbench):
+    fidelity = tasks.add_parser(
+        "fidelity", help="teacher-forced answer log-probability, KL and needle tokens kept against the full cache",
+        description="Fidelity to the full cache per method and KV budget on facts of its own: answer log-probability "
+                    "(nats), KL(full || method), top-1 agreement, needle tokens kept; SEs clustered by fact, paired "
+                    "differences against --baseline. One prefill per prompt for every variant.")
+    _fidelity_parser(fidelity)
+    for sub in (niah, reasoning, longbench, fidelity):
         sub.set_defaults(func=_run)
     return parser

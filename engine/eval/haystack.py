@@ -122,9 +122,11 @@ def fit_haystack(
     target_tokens: int,
     insertions: Sequence[tuple[float, str]],
     seed: int = 0,
+    filler: Callable[[int, int], Sequence[str]] = filler_sentences,
 ) -> tuple[str, int]:
     """The longest prompt `render(context)` of at most `target_tokens` tokens, where the context is filler with each
-    `(depth_percent, sentence)` inserted at the sentence boundary closest to that depth.
+    `(depth_percent, sentence)` inserted at the sentence boundary closest to that depth. `filler(count, seed)` gives
+    the first `count` filler sentences (default: this module's logbook).
 
     Returns:
         (prompt, its token count). The count is at most `target_tokens` and within one filler sentence of it.
@@ -136,7 +138,7 @@ def fit_haystack(
     sentence_tokens = cache(count_tokens)
 
     def build(n: int) -> tuple[str, int]:
-        sentences = filler_sentences(n, seed)
+        sentences = filler(n, seed)
         counts = [sentence_tokens(sentence) for sentence in sentences]
         placed = [(boundary_at_depth(counts, depth), text) for depth, text in insertions]
         prompt = render(join_with_insertions(sentences, placed))
