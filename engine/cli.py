@@ -21,6 +21,8 @@ COMMANDS: dict[str, tuple[str, str]] = {  # command -> (module that registers it
     "methods": ("raggedkv.engine.methods.commands", "list the compression methods and their parameters"),
     "calibrate-layers": ("raggedkv.engine.methods.commands", "compute a CompressKV layer-score file from each "
                          "layer's attention-output error at a small budget"),
+    "calibrate-defaults": ("raggedkv.engine.methods.commands", "choose HeadKV's beta per kv_size on the head-scoring "
+                           "needles and write the defaults sidecar"),
     "score-heads": ("raggedkv.engine.heads.commands", "estimate head importance (retrieval / reasoning / semantic)"),
     "eval": ("raggedkv.engine.eval.commands", "accuracy against KV budget: NIAH, reasoning needles, LongBench"),
 }

@@ -1,8 +1,8 @@
-"""CLI subcommands of the methods: `raggedkv methods` and `raggedkv calibrate-layers`.
+"""CLI subcommands of the methods: `raggedkv methods`, `raggedkv calibrate-layers` and `raggedkv calibrate-defaults`.
 
-`register(subparsers)` adds both to an `argparse` sub-parser set; each sets `func`, called as `args.func(args)`
+`register(subparsers)` adds them to an `argparse` sub-parser set; each sets `func`, called as `args.func(args)`
 and returning an exit code. The module imports neither torch nor the method classes (the commands import them when
-they run), so `raggedkv methods --help` and `raggedkv calibrate-layers --help` are fast.
+they run), so `raggedkv methods --help` and the calibration commands' `--help` are fast.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ PROMPT_KEYS = ("prompt", "text", "input")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the `methods` and `calibrate-layers` subcommands."""
+    """Add the `methods`, `calibrate-layers` and `calibrate-defaults` subcommands."""
     listing = subparsers.add_parser("methods", help="list the compression methods and their parameters")
     listing.set_defaults(func=run_methods)
 
@@ -37,13 +37,62 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                            help="where the model runs (default: cuda when available, else cpu)")
     calibrate.add_argument("--no-progress", action="store_true", help="no progress bar")
     calibrate.set_defaults(func=run_calibrate_layers)
+    _register_calibrate_defaults(subparsers)
+
+
+def _register_calibrate_defaults(subparsers: argparse._SubParsersAction) -> None:
+    from ..default_model import DEFAULT_MODEL
+    from ..eval.commands import int_list
+
+    defaults = subparsers.add_parser(
+        "calibrate-defaults", help="choose HeadKV's beta per kv_size on the head-scoring needles and write the "
+        "defaults sidecar", description="Sweep beta per kv_size for headkv-r and headkv-r2 on the head-scoring "
+        "haystack's needles (never an evaluation's), measured by teacher-forced answer log-probability, and write "
+        "engine/data/<model-slug>-defaults.json, which HeadKV reads when no beta is given.")
+    defaults.add_argument("--model", default=DEFAULT_MODEL, help=f"model name or local folder ({DEFAULT_MODEL})")
+    defaults.add_argument("--methods", nargs="+", default=["headkv-r", "headkv-r2"], help="headkv-r headkv-r2")
+    defaults.add_argument("--betas", type=float, nargs="+", default=[1.01, 1.5, 2.0, 3.0, 5.0, 10.0],
+                          help="candidate betas (1.01 1.5 2 3 5 10)")
+    defaults.add_argument("--kv-sizes", type=int_list, nargs="+", default=[int_list("32,64,128,256")],
+                          help="kv_sizes to calibrate (32,64,128,256)")
+    defaults.add_argument("--lengths", type=int_list, nargs="+", default=[int_list("1500")],
+                          help="calibration prompt lengths in tokens (1500)")
+    defaults.add_argument("--depths", type=int_list, nargs="+", default=[int_list("30,70")],
+                          help="needle depths in percent (30,70)")
+    defaults.add_argument("--no-chat", action="store_true", help="do not use the chat template")
+    defaults.add_argument("--backend", default="auto", choices=("auto", "torch", "triton"), help="engine backend")
+    defaults.add_argument("--log", type=Path, help="resumable measurements file "
+                          "(default raggedkv-eval/calibrate-defaults-<model>.json)")
+    defaults.add_argument("--out", type=Path, help="the sidecar (default engine/data/<model-slug>-defaults.json)")
+    defaults.add_argument("--threads", type=int, help="torch CPU threads")
+    defaults.add_argument("--no-progress", action="store_true", help="no progress bar")
+    defaults.set_defaults(func=run_calibrate_defaults)
+
+
+def run_calibrate_defaults(args: argparse.Namespace) -> int:
+    from .calibrate_defaults import calibrate_defaults
+    from .head_scores import model_slug
+
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    log = args.log or Path("raggedkv-eval") / f"calibrate-defaults-{model_slug(args.model)}.json"
+    flat = lambda lists: [v for values in lists for v in values]  # noqa: E731
+    sidecar = calibrate_defaults(args.model, methods=args.methods, betas=args.betas, kv_sizes=flat(args.kv_sizes),
+                                 lengths=flat(args.lengths), depths=flat(args.depths), chat=not args.no_chat,
+                                 backend=args.backend, log=log, out=args.out, progress=not args.no_progress)
+    for method, chosen in sidecar["defaults"].items():
+        print(f"{method}: beta by kv_size {chosen['beta']}")
+    return 0
 
 
 def describe_parameter(cls: type, key: str) -> str:
     """What parameter `key` of method class `cls` accepts, as `raggedkv methods` prints it."""
     if key in cls.score_files:
         return f"a score file of kind {cls.score_files[key]!r} (a path or dict); None: the packaged one for the model"
-    return cls.accepts[key].describe()
+    calibrated = getattr(cls, "calibrated", {}).get(key)
+    return cls.accepts[key].describe() + (f"; {calibrated}" if calibrated else "")
 
 
 def describe_methods() -> str:

@@ -10,7 +10,10 @@ import torch
 from .allocation import fill_to_total
 from ..arguments import Flag, PathOrDict, Real
 from .base import Method, ModelShape, Scoring, scoring_accepts
+from .defaults import calibrated_table, value_at
 from .head_scores import ScoreSource, check_head_table, describe_source, read_head_scores, resolve_score_source
+
+PUBLISHED_BETA = 1.01  # KVCache-Factory's `--head_beta`: beta when neither the user nor a sidecar gives one
 
 
 def head_probabilities(scores: torch.Tensor, temp: float = 1.0) -> torch.Tensor:
@@ -53,8 +56,11 @@ class HeadKV(Method):
     window from `B`; HeadKV's own code subtracts it, and so does this.
 
     Scoring (HeadKV's runners, METHODS.md 1(c), 1(e)): window mean, max-pool 7, `window=8`; the query heads of a
-    group are mean-reduced into one KV-head score. Defaults: `beta=1.01` (KVCache-Factory's `--head_beta`; HeadKV
-    sweeps 1.005-10), `temp=1`. `head_scores` is a path or dict in HeadKV's JSON format; when None, the packaged
+    group are mean-reduced into one KV-head score. `beta=None` (the default): the calibrated beta for the kv_size
+    from the model's sidecar `engine/data/<model-slug>-defaults.json` when the packaged score file is used (rule in
+    `defaults.py`: the value of the largest calibrated kv_size at or below, else the smallest's), otherwise 1.01
+    (KVCache-Factory's `--head_beta`; HeadKV sweeps 1.005-10); `beta_at(kv_size)` says which beta plans a kv_size.
+    `temp=1`. `head_scores` is a path or dict in HeadKV's JSON format; when None, the packaged
     `engine/data/<model-slug>-<kind>.json` for `model_name` is used, else construction fails naming that file.
     Accepted: `beta` a finite number >= 1 (the floor `B - floor(B/beta)` must not be negative), `temp` a finite
     number >= 0, the scoring parameters as `Scoring` accepts them; `kv_size >= window`.
@@ -64,10 +70,17 @@ class HeadKV(Method):
     accepts = {**scoring_accepts("window", "pool", "pool_size", "group_reduce"), "beta": Real(1.0),
                "temp": Real(0.0), "faithful": Flag(), "head_scores": PathOrDict()}
 
-    def __init__(self, head_scores: ScoreSource | None = None, model_name: str | None = None, beta: float = 1.01,
-                 window: int = 8, pool: str = "max", pool_size: int = 7, group_reduce: str = "mean",
-                 temp: float = 1.0, faithful: bool = False) -> None:
-        self.beta = self.accept("beta", beta)
+    calibrated: ClassVar[dict[str, str]] = {  # parameters whose None reads the sidecar, as `raggedkv methods` says it
+        "beta": "None: calibrated per kv_size from engine/data/<model>-defaults.json (the value of the largest "
+                "calibrated kv_size at or below, else the smallest's), 1.01 without one",
+    }
+
+    def __init__(self, head_scores: ScoreSource | None = None, model_name: str | None = None,
+                 beta: float | None = None, window: int = 8, pool: str = "max", pool_size: int = 7,
+                 group_reduce: str = "mean", temp: float = 1.0, faithful: bool = False) -> None:
+        self.beta = None if beta is None else self.accept("beta", beta)
+        packaged = head_scores is None  # the calibrated values were chosen with the packaged scores
+        self.beta_table = calibrated_table(model_name, self.name, "beta") if beta is None and packaged else None
         self.faithful = self.accept("faithful", faithful)
         temp = self.accept("temp", temp)
         self.scoring = Scoring(window=window, window_reduce="mean", group_reduce=group_reduce, pool=pool,
@@ -77,21 +90,27 @@ class HeadKV(Method):
         self.table = read_head_scores(self.source)
         self.probs = head_probabilities(self.table, temp)
 
+    def beta_at(self, kv_size: int) -> float:
+        """The beta that plans `kv_size`: the user's, else the calibrated one (`defaults.value_at`), else 1.01."""
+        if self.beta is not None:
+            return self.beta
+        return PUBLISHED_BETA if self.beta_table is None else value_at(self.beta_table, kv_size)
+
     def check_shape(self, shape: ModelShape) -> None:
         check_head_table(self.table, shape, f"head-score file {describe_source(self.source)}")
 
     def plan(self, shape: ModelShape, prompt_len: int, kv_size: int) -> torch.Tensor:
-        window = self.scoring.window
+        window, beta = self.scoring.window, self.beta_at(kv_size)
         budget = kv_size - window
         grouped = (shape.num_layers, shape.num_kv_heads, shape.group_size)
         if prompt_len <= kv_size:
             return torch.full(grouped[:2], prompt_len, dtype=torch.int64)
         if self.faithful:
-            caps = torch.round(query_head_capacities(self.probs, budget, self.beta))
+            caps = torch.round(query_head_capacities(self.probs, budget, beta))
             kv_caps = torch.round(caps.view(grouped).mean(dim=-1)).to(torch.int64)
             return (kv_caps + window).clamp(max=prompt_len)
         share = self.probs.view(grouped).sum(dim=-1)
-        pooled = math.floor(budget / self.beta)
+        pooled = math.floor(budget / beta)
         alloc = share * (pooled * shape.num_layers * shape.num_kv_heads) + (budget - pooled + window)
         return fill_to_total(alloc, kv_size * shape.num_layers * shape.num_kv_heads, prompt_len, share)
 
