@@ -151,11 +151,11 @@ def plot_e2e(doc: dict[str, Any]):
               ("peak", "peak GPU memory, GiB", lambda r: r.get("peak_bytes") and r["peak_bytes"] / 2**30),
               ("ttft", "time to first token, s", lambda r: r.get("ttft_ms") and r["ttft_ms"] / 1e3))
     for row_axes, model in zip(axes, models):
-        sel = [r for r in rows if r["config"]["model"] == model]
+        sel = [r for r in rows if r["config"]["model"] == model and r["config"].get("batch", 1) == 1]
         for ax, (_, ylabel, get) in zip(row_axes, panels):
             _lines(ax, _series(sel, _cfg("prompt"), get,
-                               lambda r: r["provider"] if r["provider"] == "hf_full"
-                               else f"{r['provider']} (kv_size {r['config']['kv_size']})"))
+                               lambda r: r["provider"] if r["provider"].startswith("hf_")
+                               else f"{r['provider']} (kv_size {r['config']['kv_size']}, {r.get('mode')})"))
             _axes(ax, "prompt tokens", ylabel, log_y=False)
             ax.set_title(f"{model} (random {doc['timing'].get('dtype')} weights), batch 1", fontsize=9)
     fig.suptitle(_title(doc, "bench_e2e: decode latency and peak memory per method (HeadKV Figure 6 layout)"))

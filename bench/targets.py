@@ -5,7 +5,9 @@
 1. decode: `triton` at >= 80% of the measured copy bandwidth once a call touches >= 64 MiB;
 2. skew: skewed budgets within 1.15x of uniform ones at the same total (`triton`, same model/batch/kv_size);
 3. scoring: `triton` window scoring under 2% of the layer's prefill attention at 32K tokens;
-4. end to end: decode tokens/s at least 2x the full cache (transformers) at 32K prompt tokens with kv_size 128.
+4. end to end, at 32K prompt tokens with kv_size 128: decode tokens/s at batch 1 at least 2x the full cache
+   (transformers, static cache), and the best tokens/s over the batches run at least 10x the best any full-cache
+   row reached; CUDA graph vs eager tokens/s is reported beside them.
 Each line gives the measured value, the target, and the worst config when it is missed.
 """
 
@@ -58,11 +60,37 @@ def scoring_targets(doc: dict[str, Any]) -> list[str]:
 
 
 def e2e_targets(doc: dict[str, Any]) -> list[str]:
-    rows = [r for r in doc["rows"] if r["config"]["prompt"] == 32768 and r["config"]["kv_size"] == 128
-            and r["provider"] != "hf_full" and r.get("speedup")]
-    return [f"e2e decode at 32K, kv_size 128, {r['config']['model']} {r['provider']}: {r['decode_tok_s']:.1f} tok/s "
-            f"= {r['speedup']:.2f}x the full cache, target >= 2x: "
-            + _verdict(r["speedup"] >= 2, f"{2 - r['speedup']:.2f}x") for r in rows]
+    """At 32K prompt tokens and kv_size 128, per engine method and decode mode: tok/s at batch 1 vs transformers'
+    static full cache at batch 1 (>= 2x), and the best tok/s over the batches run (the largest that fits) vs the
+    best any full-cache row reached (>= 10x); then graph vs eager tok/s at each batch (reported, no target)."""
+    rows = [r for r in doc["rows"] if r["config"]["prompt"] == 32768 and r.get("decode_tok_s")]
+    full = [r for r in rows if r["provider"].startswith("hf_")]
+    engine = [r for r in rows if not r["provider"].startswith("hf_") and r["config"]["kv_size"] == 128]
+    lines = []
+    for key in dict.fromkeys((r["config"]["model"], r["provider"], r.get("mode")) for r in engine):
+        mine = [r for r in engine if (r["config"]["model"], r["provider"], r.get("mode")) == key]
+        name = f"e2e at 32K, kv_size 128, {key[0]} {key[1]} ({key[2]})"
+        one = next((r for r in mine if r["config"]["batch"] == 1 and r.get("speedup")), None)
+        if one:
+            lines.append(f"{name}, batch 1: {one['decode_tok_s']:.1f} tok/s = {one['speedup']:.2f}x the full cache, "
+                         "target >= 2x: " + _verdict(one["speedup"] >= 2, f"{2 - one['speedup']:.2f}x"))
+        best_full = max((r for r in full if r["config"]["model"] == key[0]), key=lambda r: r["decode_tok_s"],
+                        default=None)
+        if best_full:
+            best = max(mine, key=lambda r: r["decode_tok_s"])
+            ratio = best["decode_tok_s"] / best_full["decode_tok_s"]
+            lines.append(f"{name}, best batch {best['config']['batch']}: {best['decode_tok_s']:.0f} tok/s = "
+                         f"{ratio:.1f}x the best full cache ({best_full['provider']}, batch "
+                         f"{best_full['config']['batch']}: {best_full['decode_tok_s']:.0f} tok/s), target >= 10x: "
+                         + _verdict(ratio >= 10, f"{10 - ratio:.1f}x"))
+    by_mode = {(r["config"]["model"], r["provider"], r["config"]["kv_size"], r["config"]["batch"], r.get("mode")): r
+               for r in rows}
+    for (model, provider, kv_size, batch, mode), graph in by_mode.items():
+        eager = by_mode.get((model, provider, kv_size, batch, "eager"))
+        if mode == "cuda-graph" and eager:
+            lines.append(f"e2e at 32K, {model} {provider} kv_size {kv_size} batch {batch}: CUDA graph "
+                         f"{graph['decode_tok_s'] / eager['decode_tok_s']:.2f}x eager tok/s (no target)")
+    return lines
 
 
 READERS = {"decode": decode_targets, "scoring": scoring_targets, "e2e": e2e_targets}

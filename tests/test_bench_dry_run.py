@@ -39,9 +39,13 @@ def test_every_dry_run_checks_every_provider_and_writes_nothing() -> None:
     assert report.exit_code == 0, "bench_e2e --dry-run failed (see the captured output)"
     rows = report.doc["rows"]
     assert [r for r in rows if r["check"] != "ok"] == [], "bench_e2e --dry-run rows that are not ok"
-    providers = e2e.GRIDS["dry"][2]
-    for model in (*e2e.GRIDS["dry"][0], *(c["model"] for c in e2e.PLAN_CONFIGS)):
-        assert [r["provider"] for r in rows if r["config"]["model"] == model] == providers, model
+    grid = e2e.GRIDS["dry"]
+    for model in grid.models:  # every provider at every batch (each batch filled with copies of one prefill)
+        ran = [(r["provider"], r["config"]["batch"]) for r in rows if r["config"]["model"] == model]
+        assert ran == [(p, b) for p in grid.providers for b in grid.batches], model
+        assert {r["mode"] for r in rows if r["config"]["model"] == model} == {"eager"}  # no CUDA graphs on a CPU
+    for model in (c["model"] for c in e2e.PLAN_CONFIGS):
+        assert [r["provider"] for r in rows if r["config"]["model"] == model] == grid.providers, model
     planned = {(r["config"]["model"], r["provider"]): r["scores"] for r in rows if r["config"]["new_tokens"] == 0}
     for model in ("llama3-8b", "mistral-7b"):
         assert {planned[model, m] for m in ("headkv-r", "headkv-r2", "compresskv")} == {"synthetic"}, model

@@ -177,18 +177,21 @@ def test_the_timed_path_shares_equal_measurements_and_writes_the_json(tmp_path, 
 
 def test_e2e_timed_path_measures_and_writes_the_json(tmp_path) -> None:
     """bench_e2e's GPU path run on the CPU with a tiny model (CPU wall-clock numbers, written to tmp_path only)."""
-    args = parse_args("e2e", "t", ["--out", str(tmp_path), "--providers", "hf_full,snapkv", "--models",
-                                     "tiny-llama", "--prompts", "64", "--kv-size", "16", "--new-tokens", "4"],
+    args = parse_args("e2e", "t", ["--out", str(tmp_path), "--providers", "hf_static,hf_dynamic,snapkv", "--models",
+                                     "tiny-llama", "--prompts", "64", "--batches", "1", "2", "--kv-size", "16",
+                                     "--new-tokens", "4"],
                         bench_e2e.provider_ids(), bench_e2e._add_arguments, kernel=False)
     with one_cpu_thread():
         report = bench_e2e._run(args)
     assert report.exit_code == 0
     rows = json.loads(report.path.read_text())["rows"]
-    assert [r["provider"] for r in rows] == ["hf_full", "snapkv"]
+    assert [(r["provider"], r["config"]["batch"]) for r in rows] == [
+        (p, b) for p in ("hf_static", "hf_dynamic", "snapkv") for b in (1, 2)]
     for r in rows:
         assert r["check"] == "ok" and r["generated"] == 4 and r["ttft_ms"] > 0 and r["kv_bytes"] > 0
-    assert rows[1]["kv_bytes"] < rows[0]["kv_bytes"]  # 16 of 64 tokens kept
-    assert rows[1]["stats"]["compressed"] is True
+        assert r["decode_tok_s"] == pytest.approx(r["config"]["batch"] * 1e3 / r["ms_per_token"])
+    assert rows[-1]["kv_bytes"] < rows[0]["kv_bytes"]  # 16 of 64 tokens kept
+    assert rows[-1]["speedup"] == pytest.approx(rows[-1]["decode_tok_s"] / rows[1]["decode_tok_s"])  # hf_static
 
 
 def test_every_score_kind_is_declared_by_a_method_and_every_declaration_names_a_parameter() -> None:
@@ -230,6 +233,6 @@ def test_e2e_plan_row_reports_a_method_that_cannot_be_built_as_an_error(monkeypa
     def unknown_kind(model: str, method: str):
         raise ValueError("kind='retrieval-reasoning-heads' is unknown")
 
-    monkeypatch.setattr(bench_e2e, "method_scores", unknown_kind)
+    monkeypatch.setattr("bench.e2e.plan.method_scores", unknown_kind)  # where plan_only looks it up
     row = bench_e2e.plan_only(config, "headkv-r2")
     assert row["check"] == "error" and "retrieval-reasoning-heads" in row["error"]
