@@ -16,7 +16,8 @@ criteria and streamers are transformers' own. How it is wired, with nothing patc
   so transformers feeds the whole prompt;
 * two forward hooks on the model: before a forward, the headroom guard (and the refusal of forwards that are not
   the cache's prefill or single-token decode steps); after it, the end of the prefill (`plan_decode`) or the count
-  of one decode step, the bookkeeping `ModelRunner` does around its own steps.
+  of one decode step, the bookkeeping `ModelRunner` does around its own steps. An `Engine`'s forwards (on its own
+  cache) are left to its runner; any other forward inside the block is refused.
 
 On exit (also after an exception) the attention implementation, the training flag, `generate` and the hooks are
 restored; the model's configs are never written. Refused, with an error naming the argument: beam search
@@ -29,6 +30,7 @@ equal-length prompts works (each row is compressed on its own).
 from __future__ import annotations
 
 import functools
+import weakref
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Any
@@ -44,6 +46,9 @@ from .hf import ATTENTION_NAME, RaggedHFCache
 from .models import attention_implementation
 
 WHERE = "inside raggedkv.compressed"
+# The caches `allocate` made for generate calls: the forward hooks keep their books (an Engine's cache is its
+# runner's to keep).
+_GENERATE_CACHES: weakref.WeakSet[RaggedHFCache] = weakref.WeakSet()
 
 
 @contextmanager
@@ -168,7 +173,8 @@ def allocate(engine: Engine, prompts: list[list[int]], kv_size: int | None, head
     Args:
         prompts: checked token ids, one list per batch row. headroom: decode rows reserved in every segment.
     """
-    shape, method = engine.shape, engine.method
+    parallel = engine.runner.parallel  # tensor parallelism: this rank's heads, budgets planned for the whole model
+    shape, method = engine.runner.shape, parallel.split(engine.method) if parallel else engine.method
     plans = [plan_budgets(method, shape, len(ids), kv_size) for ids in prompts]
     ragged = RaggedKVCache(
         torch.stack([plan.sum(dim=1) for plan in plans], dim=1),
@@ -189,23 +195,25 @@ def allocate(engine: Engine, prompts: list[list[int]], kv_size: int | None, head
             compressor(layer, query[row : row + 1], key[row : row + 1], value[row : row + 1], scale)
 
     cache.prefill_hook = compress_rows
+    _GENERATE_CACHES.add(cache)
     return cache
 
 
-def _cache_of(args: tuple, kwargs: dict) -> RaggedHFCache:
-    """The forward's `RaggedHFCache` (a keyword as generate passes it, or positional), refusing any other forward."""
+def _cache_of(args: tuple, kwargs: dict) -> RaggedHFCache | None:
+    """The forward's cache when `allocate` made it for a generate call; None for an Engine's own cache; any other
+    forward is refused. generate passes the cache as a keyword; positional arguments are searched too."""
     cache = next((a for a in (*args, *kwargs.values()) if isinstance(a, RaggedHFCache)), None)
     if cache is None:
         raise RuntimeError(
             f"{WHERE} the model runs only through model.generate (or a raggedkv Engine); call it after the block"
         )
-    return cache
+    return cache if cache in _GENERATE_CACHES else None
 
 
 def _before_forward(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
     """Decode steps: one new token per row, within the cache's headroom (checked on the host before the step)."""
     cache = _cache_of(args, kwargs)
-    if cache.prefill_hook is not None:
+    if cache is None or cache.prefill_hook is not None:
         return
     ragged = cache.ragged
     new_tokens = (kwargs.get("input_ids") if kwargs.get("input_ids") is not None else args[0]).shape[1]
@@ -221,6 +229,8 @@ def _before_forward(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
 def _after_forward(module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
     """After the prefill: plan decode attention; after a decode step: count it (`get_seq_length` reads the count)."""
     cache = _cache_of(args, kwargs)
+    if cache is None:
+        return
     if cache.prefill_hook is not None:
         cache.prefill_hook = None
         cache.plan_decode()
