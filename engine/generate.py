@@ -28,6 +28,7 @@ from .hf import check_model_support
 from .methods import Method, get_method
 from .models import load_model
 from .outputs import GenerationResult, GenerationStats
+from .parallel import rank_stats
 from .runner import Decoded, ModelRunner, Prefilled, SamplingParams, Variant
 
 
@@ -41,10 +42,13 @@ class Engine:
         method: Method,
         backend: Backend,
         cuda_graph: bool = True,
+        rank_balance: float | None = None,
     ) -> None:
         self.model, self.tokenizer, self.method, self.backend = model, tokenizer, method, backend
-        self.runner = ModelRunner(model, backend, cuda_graph)
+        self.runner = ModelRunner(model, backend, cuda_graph, rank_balance)
         self.shape, self.device, self.eos_ids = self.runner.shape, self.runner.device, self.runner.eos_ids
+        if self.runner.parallel:  # the whole model's shape (the runner plans with this rank's heads)
+            self.shape = self.runner.parallel.shape
 
     @classmethod
     def from_pretrained(
@@ -56,6 +60,8 @@ class Engine:
         dtype: torch.dtype | str | None = None,
         backend: str | Backend = "auto",
         cuda_graph: bool = True,
+        tp_plan: str | None = None,
+        rank_balance: float | None = None,
         **method_params,
     ) -> Engine:
         """Load `model` (``"smollm2-135m-instruct"``, converted on first use, a local HF folder, or a Hub id already in
@@ -69,17 +75,21 @@ class Engine:
             backend: ``"auto"``, ``"torch"``, ``"triton"`` or a `Backend`.
             cuda_graph: on CUDA with the Triton backend, capture the decode step once per generation and replay it
                 for every token (`raggedkv.engine.cuda_graph`); False decodes eagerly. Elsewhere steps run eagerly.
+            tp_plan: ``"auto"`` to load with transformers' tensor parallelism (run under ``torchrun``; each rank's
+                cache holds its own KV heads, `raggedkv.engine.parallel`); None loads on one device.
+            rank_balance: with `tp_plan`, cap each rank's KV per layer at `(1 + rank_balance)` x the mean
+                (`parallel_budgets.balance_ranks`); None keeps the method's budgets.
             method_params: the method's own parameters (e.g. ``window=8``).
 
         Raises:
             FileNotFoundError: an unknown model name, folder or Hub id. ValueError: an unsupported model, unknown
-            method or backend, or a bad dtype.
+            method or backend, a bad dtype, or heads that do not split over the tensor-parallel ranks.
         """
         path = resolve_model(model)
         check_model_support(AutoConfig.from_pretrained(path))
-        hf_model, tokenizer = load_model(path, device, dtype)
+        hf_model, tokenizer = load_model(path, device, dtype, tp_plan=tp_plan)
         return cls.from_model(hf_model, tokenizer, method, head_scores=head_scores, backend=backend,
-                              cuda_graph=cuda_graph, **method_params)
+                              cuda_graph=cuda_graph, rank_balance=rank_balance, **method_params)
 
     @classmethod
     def from_model(
@@ -90,13 +100,15 @@ class Engine:
         head_scores: object = None,
         backend: str | Backend = "auto",
         cuda_graph: bool = True,
+        rank_balance: float | None = None,
         **method_params,
     ) -> Engine:
         """Wrap an instantiated transformers causal LM (and its tokenizer; without one, use `generate_ids`).
 
         The model is put in eval mode; its attention implementation is switched to ``"raggedkv"`` only inside engine
         calls, so it stays usable elsewhere. `model.name_or_path` names the model for the methods that read packaged
-        head-score files. Arguments as in `from_pretrained`.
+        head-score files. A model loaded with a tensor-parallel plan runs tensor-parallel (`rank_balance` applies
+        only then). Arguments as in `from_pretrained`.
         """
         check_model_support(model.config, type(model))
         if isinstance(method, Method) and (head_scores is not None or method_params):
@@ -106,7 +118,7 @@ class Engine:
             method = get_method(method, model_name=model.name_or_path or None, **extra, **method_params)
         device = next(model.parameters()).device
         backend = backend if isinstance(backend, Backend) else get_backend(backend, device)
-        return cls(model.eval(), tokenizer, method, backend, cuda_graph)
+        return cls(model.eval(), tokenizer, method, backend, cuda_graph, rank_balance)
 
     def generate(
         self,
@@ -304,6 +316,7 @@ class Engine:
                 decode_tokens_per_s=batch * steps / decode_seconds if steps else 0.0,
                 decode_mode=decoded.mode,
                 graph_capture_seconds=decoded.capture_seconds,
+                **rank_stats(kept, self.runner.parallel),
             )
             text = self.tokenizer.decode(ids, skip_special_tokens=True) if self.tokenizer is not None else ""
             results.append(GenerationResult(text, ids, "eos" if stop is not None else "length", stats))

@@ -46,21 +46,34 @@ def load_model(
     model: str | os.PathLike = DEFAULT_MODEL,
     device: torch.device | str | None = None,
     dtype: torch.dtype | str | None = None,
+    tp_plan: str | dict[str, str] | None = None,
 ) -> tuple[Any, Any]:
     """(model in eval mode on `device`, its tokenizer) for the default model's name, a local HF folder
     or a Hub id in the local Hugging Face cache.
 
     Args:
         device: default `default_device()`. dtype: default per the module's dtype policy (`resolve_dtype`).
+        tp_plan: ``"auto"`` (or a transformers tensor-parallel plan dict) loads the model sharded over the ranks of
+            ``torchrun`` (`DistributedConfig(tp_plan=...)`; each rank on its own device, so `device` must be None).
 
     Raises:
         FileNotFoundError: neither the default model's name, nor a local folder with a config.json, nor a cached
             Hub id.
-        ValueError: a bad dtype.
+        ValueError: a bad dtype, or both `device` and `tp_plan`.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if tp_plan is not None and device is not None:
+        raise ValueError(f"device={device!r} goes without tp_plan: tensor parallelism puts each rank on its own device")
     path = resolve_model(model)
+    if tp_plan is not None:
+        from transformers.distributed import DistributedConfig
+
+        dtype = resolve_dtype(dtype, default_device())
+        hf_model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, distributed_config=DistributedConfig(tp_plan=tp_plan)
+        ).eval()
+        return hf_model, AutoTokenizer.from_pretrained(path)
     device = torch.device(device) if device is not None else default_device()
     dtype = resolve_dtype(dtype, device)
     hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()

@@ -24,6 +24,10 @@ class GenerationStats:
         loop (tokens/s counts every sequence of the batch: `batch_size * decode_steps / decode_seconds`).
     decode_mode: ``"cuda-graph"`` (one captured step replayed per token) or ``"eager"``. graph_capture_seconds: the
         batch's warm-up plus capture (0.0 in eager mode), not part of decode_seconds.
+    tensor_parallel: ranks the KV heads are split over (1: one device); kept_tokens and the KV bytes cover all of
+        them. rank_kept_tokens: prompt tokens each rank keeps, summed over layers (None without tensor
+        parallelism). slowest_rank_factor: `sum over layers of the fullest rank's tokens / the mean rank's`, how much
+        longer a decode step's attention waits than with a perfect split (1.0 = balanced; `parallel_budgets`).
     """
 
     prompt_tokens: int
@@ -45,6 +49,9 @@ class GenerationStats:
     decode_tokens_per_s: float
     decode_mode: str = "eager"
     graph_capture_seconds: float = 0.0
+    tensor_parallel: int = 1
+    rank_kept_tokens: list[int] | None = None
+    slowest_rank_factor: float = 1.0
 
     @property
     def kv_fraction_kept(self) -> float:
@@ -94,5 +101,8 @@ def format_stats(result: GenerationResult) -> str:
         ("decode mode", stats.decode_mode + (f", captured in {stats.graph_capture_seconds:.2f} s"
                                              if stats.decode_mode == "cuda-graph" else "")),
     ]
+    if stats.tensor_parallel > 1:
+        rows.append(("tensor parallel", f"{stats.tensor_parallel} ranks keep {stats.rank_kept_tokens} tokens, "
+                                        f"slowest rank {stats.slowest_rank_factor:.2f}x the mean"))
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)

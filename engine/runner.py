@@ -30,6 +30,7 @@ from .cuda_graph import GRAPH, DecodeGraph, decode_mode
 from .hf import ATTENTION_NAME, RaggedHFCache
 from .methods import Method
 from .models import attention_implementation, eos_token_ids, model_shape
+from .parallel import TensorParallel
 from .sampling import sample
 
 EOS_CHECK_EVERY_CUDA = 16  # on CUDA, read "all sequences finished?" back every this many steps, not every step
@@ -72,7 +73,6 @@ class Prefilled:
     buffers and, in graph mode, its capture, made by the first decode or teacher-forced step and reused by later
     ones on this state.
     """
-
 
     cache: RaggedKVCache
     hf_cache: RaggedHFCache
@@ -122,9 +122,13 @@ class ModelRunner:
     backend); False always runs steps eagerly. `mode` says which applies.
     """
 
-    def __init__(self, model: PreTrainedModel, backend: Backend, cuda_graph: bool = True) -> None:
+    def __init__(
+        self, model: PreTrainedModel, backend: Backend, cuda_graph: bool = True, rank_balance: float | None = None
+    ) -> None:
         self.model, self.backend = model, backend
-        self.shape = model_shape(model.config)
+        # tensor parallelism (`parallel.py`): this rank's heads only, budgets planned for the whole model
+        self.parallel = TensorParallel.of(model, rank_balance)
+        self.shape = self.parallel.local_shape if self.parallel else model_shape(model.config)
         self.device = next(model.parameters()).device
         self.eos_ids = eos_token_ids(model)
         self.mode = decode_mode(cuda_graph, self.device, backend.name)
@@ -133,9 +137,11 @@ class ModelRunner:
         self, prompts: list[list[int]], variants: list[Variant], sampling: SamplingParams
     ) -> tuple[Prefilled, Decoded]:
         """Prefill `variants` of `prompts`, then decode them together."""
-        generator = None
-        if sampling.seed is not None:
-            generator = torch.Generator(device=self.device).manual_seed(sampling.seed)
+        generator, seed = None, sampling.seed
+        if seed is None and self.parallel and sampling.temperature > 0:
+            seed = self.parallel.shared_seed()  # every rank must draw the same tokens
+        if seed is not None:
+            generator = torch.Generator(device=self.device).manual_seed(seed)
         with attention_implementation(self.model, ATTENTION_NAME):
             state = self.prefill(prompts, variants, sampling.max_new_tokens)
             first = sample(state.logits, sampling.temperature, sampling.top_p, generator)
@@ -148,7 +154,8 @@ class ModelRunner:
         The cache reserves `max_new_tokens - 1` rows of decode headroom per segment (the last token is never fed).
         """
         lens = [len(prompts[v.prompt]) for v in variants]
-        plans = [plan_budgets(v.method, self.shape, n, v.kv_size, v.header) for v, n in zip(variants, lens)]
+        methods = [self.parallel.split(v.method) if self.parallel else v.method for v in variants]
+        plans = [plan_budgets(m, self.shape, n, v.kv_size, v.header) for m, v, n in zip(methods, variants, lens)]
         cache = RaggedKVCache(
             torch.stack([plan.sum(dim=1) for plan in plans], dim=1),
             lens,
@@ -160,8 +167,8 @@ class ModelRunner:
             backend=self.backend,
         )
         hf_cache = RaggedHFCache(cache)
-        compressors = [SequenceCompressor(v.method, plan, cache, seq, v.header)
-                       for seq, (v, plan) in enumerate(zip(variants, plans))]
+        compressors = [SequenceCompressor(m, plan, cache, seq, v.header)
+                       for seq, (m, v, plan) in enumerate(zip(methods, variants, plans))]
         logits, seconds = [None] * len(variants), [0.0] * len(variants)
         with attention_implementation(self.model, ATTENTION_NAME):
             for index, ids in enumerate(prompts):
@@ -181,8 +188,10 @@ class ModelRunner:
                 for seq in rows:
                     logits[seq], seconds[seq] = out.logits[0, -1], time.perf_counter() - start
         hf_cache.plan_decode()
-        kept = torch.stack([compressor.kept for compressor in compressors])
-        return Prefilled(cache, hf_cache, variants, lens, torch.stack(logits), kept, cache.memory(), seconds)
+        kept, memory = torch.stack([compressor.kept for compressor in compressors]), cache.memory()
+        if self.parallel:  # report the whole model on every rank
+            kept, memory = self.parallel.gather_prefill_stats(kept, memory)
+        return Prefilled(cache, hf_cache, variants, lens, torch.stack(logits), kept, memory, seconds)
 
     def decode_step(self, hf_cache: RaggedHFCache, inputs: StepInputs) -> torch.Tensor:
         """One decode step for the whole batch, reading the static `inputs` -> logits `[batch, vocab]`.
