@@ -1,4 +1,5 @@
-"""CUDA-graph decode: mode selection, the warm-up's state restoration, the eager fallback and its stats (CPU), and
+"""CUDA-graph decode: mode selection, the warm-up's state restoration, the eager fallback and its stats, the runner's
+graph path with the capture replaced by a replaying stand-in (CPU), and
 graph == eager tokens, seeded sampling under replay and replay across generations (GPU, skipped without CUDA;
 `bench/run_all_gpu.sh` runs them)."""
 
@@ -16,7 +17,7 @@ from raggedkv.engine.hf import ATTENTION_NAME
 from raggedkv.engine.methods import get_method
 from raggedkv.engine.models import attention_implementation
 from raggedkv.engine.outputs import format_stats
-from raggedkv.engine.runner import ModelRunner, Variant
+from raggedkv.engine.runner import ModelRunner, SamplingParams, Variant
 from tests.engine_helpers import random_prompts, tiny_model
 
 CUDA = torch.device("cuda")
@@ -174,3 +175,63 @@ def test_teacher_force_replays_the_same_step_as_eager():
             assert (state.graph is not None) == (runner.mode == GRAPH)
     assert runners[0].mode == GRAPH
     torch.testing.assert_close(logits[0], logits[1], rtol=0, atol=0)
+
+
+class _ReplayingGraph:
+    """Stands in for a captured step on the CPU: warm-up as `DecodeGraph.capture` does it, then every replay calls
+    the step again (what a replay does, on the buffers the step read at capture)."""
+
+    captures = 0
+
+    def __init__(self, step, inputs) -> None:
+        self.step, self.inputs, self.capture_seconds = step, inputs, 0.25
+
+    @classmethod
+    def capture(cls, step, inputs, kv_lens):
+        cls.captures += 1
+        warm_up(step, kv_lens)
+        return cls(step, inputs)
+
+    def replay(self) -> torch.Tensor:
+        return self.step()
+
+
+@torch.inference_mode()
+def test_graph_mode_plumbing_captures_once_per_generation_and_matches_eager(monkeypatch):
+    """The runner's graph path on the CPU, with the capture replaced by a replaying stand-in: one capture per
+    generation (decode and a later teacher_force on the same state share it), tokens and logits as eager."""
+    monkeypatch.setattr("raggedkv.engine.runner.DecodeGraph", _ReplayingGraph)
+    monkeypatch.setattr(_ReplayingGraph, "captures", 0)
+    model = _model(torch.device("cpu"))
+    graph, eager = (ModelRunner(model, TORCH_BACKEND) for _ in range(2))
+    graph.mode = GRAPH  # what decode_mode picks on CUDA with Triton
+    prompts = random_prompts([26, 18], seed=40)
+    variants = [Variant(p, get_method("snapkv"), 10) for p in range(2)]
+    sampling = SamplingParams(max_new_tokens=7)
+    runs = {}
+    for name, runner in (("graph", graph), ("eager", eager)):
+        with attention_implementation(model, ATTENTION_NAME):
+            state = runner.prefill(prompts, variants, max_new_tokens=9)  # headroom for 6 + 2 steps
+            decoded = runner.decode(state, state.logits.argmax(dim=-1), sampling, None)
+            forced = runner.teacher_force(state, decoded.tokens[:, 1:3])  # 2 more steps on the same state
+        runs[name] = (state, decoded, forced)
+    (state, decoded, forced), (_, expected, expected_forced) = runs["graph"], runs["eager"]
+    assert _ReplayingGraph.captures == 1 and state.graph.inputs is state.inputs
+    assert decoded.mode == GRAPH and decoded.capture_seconds == 0.25 and expected.mode == EAGER
+    assert torch.equal(decoded.tokens, expected.tokens) and decoded.steps == 6
+    assert torch.equal(forced, expected_forced)
+    graph.run(prompts, variants, sampling)
+    assert _ReplayingGraph.captures == 2  # a new generation, a new cache: captured again
+
+
+@torch.inference_mode()
+def test_a_failed_capture_says_how_to_decode_eagerly(monkeypatch):
+    def refuse(step, inputs, kv_lens):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr("raggedkv.engine.runner.DecodeGraph.capture", refuse)
+    model = _model(torch.device("cpu"))
+    runner = ModelRunner(model, TORCH_BACKEND)
+    runner.mode = GRAPH
+    with pytest.raises(RuntimeError, match=r"stream is capturing\); pass cuda_graph=False .*--no-cuda-graph"):
+        runner.run(random_prompts([15], seed=44), [Variant(0, get_method("snapkv"), 8)], SamplingParams(3))
