@@ -1,5 +1,5 @@
 """The e2e bench's batch filling: one prefill copied into a batch decodes like a batch of identical prompts, and
-transformers' caches holding n - 1 prompt tokens give `generate`'s own tokens."""
+transformers' caches holding n - 1 prompt tokens give `generate`'s own tokens; the largest batch that fits."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from bench.e2e.fill import prefilled_hf_cache, replicate_prefill
+from bench.e2e.measure import MEMORY_FRACTION, max_batch
 from raggedkv.engine.backend import TORCH_BACKEND
 from raggedkv.engine.hf import ATTENTION_NAME
 from raggedkv.engine.methods import get_method
@@ -59,3 +60,19 @@ def test_a_copied_transformers_cache_gives_generates_tokens(kind):
     out = model.generate(batch_ids, attention_mask=torch.ones_like(batch_ids), past_key_values=cache,
                          max_new_tokens=new, min_new_tokens=new, do_sample=False, disable_compile=True)
     assert torch.equal(out, expected)
+
+
+def test_max_batch_extrapolates_the_measured_peak_and_never_goes_below_the_kv_bytes():
+    gib = 2**30
+
+    def row(batch, decode_peak, kv_alloc=None, check="ok"):
+        return {"config": {"batch": batch}, "check": check, "decode_peak_bytes": decode_peak, "peak_bytes": decode_peak,
+                "kv_bytes": gib // 8, "kv_alloc_bytes": kv_alloc}
+
+    rows = [row(1, 17 * gib), row(8, 24 * gib), row(32, 200 * gib, check="oom")]  # 1 GiB per sequence, 16 fixed
+    fit = max_batch(rows, total_bytes=100 * gib)
+    assert fit["bytes_per_seq"] == gib and fit["fixed_bytes"] == 16 * gib and fit["from_batches"] == [1, 8]
+    assert fit["max_batch"] == int((MEMORY_FRACTION * 100 - 16))
+    flat = max_batch([row(1, 17 * gib, kv_alloc=gib // 2), row(8, 17 * gib, kv_alloc=gib // 2)], 100 * gib)
+    assert flat["bytes_per_seq"] == gib // 2  # a flat peak still reserves each sequence's KV
+    assert max_batch([row(1, 17 * gib)], 100 * gib) is None  # one measured batch is not enough
