@@ -29,6 +29,7 @@ from .methods import Method, get_method
 from .models import load_model
 from .outputs import GenerationResult, GenerationStats
 from .parallel import rank_stats
+from .questions import generate_answers
 from .runner import Decoded, ModelRunner, Prefilled, SamplingParams, Variant
 
 
@@ -131,8 +132,11 @@ class Engine:
         seed: int | None = None,
         chat_template: bool = True,
         question_window: bool = True,
+        question: str | None = None,
+        questions: Sequence[str] | None = None,
     ) -> GenerationResult | list[GenerationResult]:
-        """Generate a reply to `prompt` (one string, or a list decoded together as a batch).
+        """Generate a reply to `prompt` (one string, or a list decoded together as a batch), or, with `question` or
+        `questions`, answer questions about `prompt`, one context string compressed once.
 
         Args:
             kv_size: tokens kept per KV head per layer on average, window included (as in the papers); None or a
@@ -143,10 +147,23 @@ class Engine:
             question_window: with the chat template, score with the window just before the template's assistant
                 header and keep the header in every head (counted in `kv_size`); False scores with the last
                 window tokens, header included.
+            question, questions: one question, or a list of them, about the context `prompt`: the context is
+                compressed once without them (the kvpress convention) and each question is answered from its own
+                copy of the compressed cache (`questions.py` documents which token ids are compressed and which are
+                fed after; `question_window` does not apply: the compressed part ends with the context).
 
         Returns:
-            One `GenerationResult` for a string prompt, a list for a list of prompts.
+            One `GenerationResult` for a string prompt or a `question`, a list for a list of prompts or `questions`.
         """
+        if question is not None or questions is not None:
+            if question is not None and questions is not None:
+                raise ValueError("give question= (one) or questions= (a list), not both")
+            results = generate_answers(
+                self, prompt, [question] if questions is None else questions, kv_size=kv_size,
+                chat_template=chat_template, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                seed=seed,
+            )
+            return results[0] if questions is None else results
         prompts = check_text_prompts(prompt)
         if self.tokenizer is None:
             raise ValueError("this Engine has no tokenizer: pass token ids to generate_ids instead")
