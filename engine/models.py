@@ -59,7 +59,8 @@ def load_model(
     Raises:
         FileNotFoundError: neither the default model's name, nor a local folder with a config.json, nor a cached
             Hub id.
-        ValueError: a bad dtype, or both `device` and `tp_plan`.
+        ValueError: a bad dtype, both `device` and `tp_plan`, or heads that do not split over the ``torchrun``
+            ranks (`WORLD_SIZE`).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -67,7 +68,13 @@ def load_model(
         raise ValueError(f"device={device!r} goes without tp_plan: tensor parallelism puts each rank on its own device")
     path = resolve_model(model)
     if tp_plan is not None:
+        from transformers import AutoConfig
         from transformers.distributed import DistributedConfig
+
+        from .parallel_budgets import check_heads_split
+
+        shape = model_shape(AutoConfig.from_pretrained(path))  # refuse before loading any weights
+        check_heads_split(shape.num_qo_heads, shape.num_kv_heads, int(os.environ.get("WORLD_SIZE", "1")))
 
         dtype = resolve_dtype(dtype, default_device())
         hf_model = AutoModelForCausalLM.from_pretrained(

@@ -32,7 +32,14 @@ import torch.distributed as dist
 from .cache import KVMemory
 from .methods import Method, ModelShape
 from .models import model_shape
-from .parallel_budgets import balance_ranks, fit_rank_totals, rank_heads, rank_totals, slowest_rank_factor
+from .parallel_budgets import (
+    balance_ranks,
+    check_heads_split,
+    fit_rank_totals,
+    rank_heads,
+    rank_totals,
+    slowest_rank_factor,
+)
 
 
 def rank_shape(shape: ModelShape, size: int) -> ModelShape:
@@ -67,13 +74,7 @@ class TensorParallel:
                 raise ValueError(f"rank_balance={rank_balance!r} needs a tensor-parallel model (tp_plan='auto')")
             return None
         shape = model_shape(model.config)
-        for kind, heads in (("query", shape.num_qo_heads), ("KV", shape.num_kv_heads)):
-            if heads % size:
-                raise ValueError(
-                    f"tensor parallelism over {size} ranks needs head counts that divide by {size}; this model has "
-                    f"{heads} {kind} heads ({shape.num_qo_heads} query / {shape.num_kv_heads} KV): use a size that "
-                    "divides both"
-                )
+        check_heads_split(shape.num_qo_heads, shape.num_kv_heads, size)
         if get_kv_heads_per_rank(model.tp_plan, shape.num_kv_heads, size) != shape.num_kv_heads // size:
             raise ValueError(f"the model's tp_plan does not shard k_proj column-wise: {model.tp_plan}")
         mesh = model._device_mesh

@@ -31,6 +31,16 @@ def rank_heads(num_heads: int, size: int, rank: int) -> slice:
     return slice(rank * per_rank, (rank + 1) * per_rank)
 
 
+def check_heads_split(num_qo_heads: int, num_kv_heads: int, size: int) -> None:
+    """Raise ValueError unless the query and KV heads both split evenly over `size` tensor-parallel ranks."""
+    for kind, heads in (("query", num_qo_heads), ("KV", num_kv_heads)):
+        if heads % size:
+            raise ValueError(
+                f"tensor parallelism over {size} ranks needs head counts that divide by {size}; this model has "
+                f"{heads} {kind} heads ({num_qo_heads} query / {num_kv_heads} KV): use a size that divides both"
+            )
+
+
 def rank_totals(budgets: torch.Tensor, size: int) -> torch.Tensor:
     """int64 `[..., size]`: the sum of each rank's block of heads, from budgets `[..., num_kv_heads]`."""
     *lead, heads = budgets.shape

@@ -2,9 +2,10 @@
 
     torchrun --nproc-per-node 2 tests/tensor_parallel_worker.py MODELS_DIR OUT.json
 
-Every rank loads each tiny model in `MODELS_DIR` with `tp_plan="auto"`, generates with every method (through the
-`Engine`, and for `COMPRESSED` through `raggedkv.compressed`; plus the balance and sampling checks), and rank 0 writes what rank 0 saw, plus whether all ranks agreed, to `OUT.json`. The test compares
-it with single-process runs of the same settings (`CASES`).
+Every rank loads each tiny model in `MODELS_DIR` with `tp_plan="auto"` and generates with every method (through the
+`Engine`, and for `COMPRESSED` through `raggedkv.compressed`), plus the rank-balance and sampling checks; rank 0
+writes what it saw, and whether all ranks agreed, to `OUT.json`. The test compares that with single-process runs of
+the same settings (`PROMPT_LENGTHS`, `KV_SIZE`, `MAX_NEW_TOKENS`).
 """
 
 from __future__ import annotations
@@ -37,10 +38,12 @@ def method_params(method: str, models_dir: Path) -> dict:
 
 
 def build_method(method: str, models_dir: Path):
+    """`method` built with the tiny models' score files."""
     return get_method(method, **method_params(method, models_dir))
 
 
 def prompts() -> list[list[int]]:
+    """The same seeded prompts (of `PROMPT_LENGTHS` tokens) on every rank and in the test."""
     generator = torch.Generator().manual_seed(7)
     return [torch.randint(3, 90, (n,), generator=generator).tolist() for n in PROMPT_LENGTHS]
 

@@ -18,6 +18,7 @@ import torch
 from raggedkv.engine import Engine
 from raggedkv.engine.methods import METHODS, get_method
 from raggedkv.engine.methods.base import Method, ModelShape
+from raggedkv.engine.models import load_model
 from raggedkv.engine.parallel import RankSplitMethod, TensorParallel
 from raggedkv.engine.parallel_budgets import (
     balance_ranks,
@@ -202,7 +203,7 @@ def test_adapt_keeps_each_rank_total():
     assert int(adapted.min()) >= 8 and int(adapted.max()) <= 60
 
 
-def test_refusals():
+def test_refusals(tmp_path, monkeypatch):
     model = tiny_model("llama", heads=8, kv_heads=4)
     assert TensorParallel.of(model) is None
     with pytest.raises(ValueError, match="rank_balance=0.1 needs a tensor-parallel model"):
@@ -213,9 +214,11 @@ def test_refusals():
     with pytest.raises(ValueError, match="rank_balance"):
         balance_ranks(torch.ones(1, 4, dtype=torch.int64), 2, -0.5, 0, 1)
     with pytest.raises(ValueError, match="goes without tp_plan"):
-        from raggedkv.engine.models import load_model
-
         load_model("/nonexistent", device="cpu", tp_plan="auto")
+    model.config.save_pretrained(tmp_path)  # a config alone: refused before any weights are read
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(ValueError, match="divide by 3; this model has 8 query heads"):
+        load_model(tmp_path, tp_plan="auto")
 
 
 def test_compressed_front_door_gives_the_engine_tokens(tp_report):
