@@ -30,6 +30,7 @@ equal-length prompts works (each row is compressed on its own).
 from __future__ import annotations
 
 import functools
+import inspect
 import weakref
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -101,13 +102,16 @@ def _restore_generate(model: PreTrainedModel, had_own: bool, own: Any) -> None:
 def _compressed_generate(model: PreTrainedModel, engine: Engine, kv_size: int | None, generate: Any) -> Any:
     """`generate` that checks the call, allocates a `RaggedHFCache` for its prompts and passes it on."""
 
+    positional = list(inspect.signature(generate).parameters)
+
     @functools.wraps(generate)
     def wrapper(*args, **kwargs):
-        prompt_ids = args[0] if args else kwargs.get("input_ids", kwargs.get("inputs"))
+        kwargs.update(zip(positional, args))  # by name from here on (generate's own positional order)
+        prompt_ids = kwargs.get("input_ids", kwargs.get("inputs"))
         max_new_tokens = check_generate_call(model, prompt_ids, kwargs)
         prompts = check_prompt_ids(prompt_ids.tolist(), model.config, max_new_tokens)
         kwargs["past_key_values"] = allocate(engine, prompts, kv_size, headroom=max_new_tokens - 1)
-        return generate(*args, **kwargs)
+        return generate(**kwargs)
 
     return wrapper
 

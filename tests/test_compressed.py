@@ -11,7 +11,7 @@ import raggedkv
 import torch
 from raggedkv.engine import Engine
 from raggedkv.engine import compressed as front_door
-from transformers import DynamicCache, TextStreamer, pipeline
+from transformers import DynamicCache, GenerationConfig, TextStreamer, pipeline
 
 from tests.engine_helpers import EOS, FAMILIES, char_tokenizer, hf_greedy, random_prompts, tiny_model
 
@@ -90,9 +90,10 @@ def test_lengths_from_max_length_or_the_default_and_an_unpadded_batch():
     with raggedkv.compressed(model, method="snapkv", kv_size=KV_SIZE, backend="torch"):
         by_length = generate(model, prompts[0], max_new_tokens=None, max_length=20 + 8)
         by_default = generate(model, prompts[0], max_new_tokens=None)
+        positional = model.generate(torch.tensor(prompts[:1]), GenerationConfig(max_new_tokens=8, do_sample=False))
         batch = model.generate(torch.tensor(prompts), max_new_tokens=6, do_sample=False, pad_token_id=0)
     long = engine_greedy(model, prompts[0], new_tokens=12)
-    assert by_default == long and by_length == long[:8]
+    assert by_default == long and by_length == long[:8] == positional[0, 20:].tolist()
     for row, ids in zip(batch[:, 20:].tolist(), prompts, strict=True):
         expected = engine_greedy(model, ids, new_tokens=6)
         assert row[: len(expected)] == expected
@@ -188,6 +189,8 @@ def test_other_refusals_are_named():
             generate(model, ids, assistant_model=assistant)
         with pytest.raises(ValueError, match=r"needs input_ids as an int tensor .* \(not inputs_embeds\)"):
             model.generate(inputs_embeds=model.get_input_embeddings()(torch.tensor([ids])), max_new_tokens=2)
+        with pytest.raises(ValueError, match="num_beams=3 is not supported"):  # a positional generation_config
+            model.generate(torch.tensor([ids]), GenerationConfig(num_beams=3, max_new_tokens=2))
         with pytest.raises(RuntimeError, match="runs only through model.generate"):
             model(torch.tensor([ids]))
     before = model_state(model)
