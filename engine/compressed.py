@@ -39,12 +39,11 @@ from typing import Any
 import torch
 from transformers import GenerationConfig, PreTrainedModel
 
-from .cache import RaggedKVCache
 from .checks import check_kv_size, check_prompt_ids
-from .compress import SequenceCompressor, plan_budgets
 from .generate import Engine
 from .hf import ATTENTION_NAME, RaggedHFCache
 from .models import attention_implementation
+from .runner import Variant
 
 WHERE = "inside raggedkv.compressed"
 # The caches `allocate` made for generate calls: the forward hooks keep their books (an Engine's cache is its
@@ -172,26 +171,14 @@ def new_tokens_bound(config: GenerationConfig, prompt_len: int, default_length: 
 
 def allocate(engine: Engine, prompts: list[list[int]], kv_size: int | None, headroom: int) -> RaggedHFCache:
     """A `RaggedHFCache` for a batch of equal-length prompts with its prefill pending: the next forward on it runs
-    full attention and compresses each batch row into its own sequence, as `ModelRunner.prefill` does per prompt.
+    full attention and compresses each batch row into its own sequence (`ModelRunner.allocate`, as the Engine's
+    prefill does per prompt).
 
     Args:
         prompts: checked token ids, one list per batch row. headroom: decode rows reserved in every segment.
     """
-    parallel = engine.runner.parallel  # tensor parallelism: this rank's heads, budgets planned for the whole model
-    shape, method = engine.runner.shape, parallel.split(engine.method) if parallel else engine.method
-    plans = [plan_budgets(method, shape, len(ids), kv_size) for ids in prompts]
-    ragged = RaggedKVCache(
-        torch.stack([plan.sum(dim=1) for plan in plans], dim=1),
-        [len(ids) for ids in prompts],
-        num_kv_heads=shape.num_kv_heads,
-        head_dim=shape.head_dim,
-        headroom=headroom,
-        dtype=engine.model.dtype,
-        device=engine.device,
-        backend=engine.backend,
-    )
-    cache = RaggedHFCache(ragged)
-    compressors = [SequenceCompressor(method, plan, ragged, row) for row, plan in enumerate(plans)]
+    variants = [Variant(row, engine.method, kv_size) for row in range(len(prompts))]
+    cache, compressors = engine.runner.allocate([len(ids) for ids in prompts], variants, headroom)
 
     def compress_rows(layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float) -> None:
         """query `[B, Hq, n, D]`, key/value `[B, Hkv, n, D]`: row b goes to sequence b."""

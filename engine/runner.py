@@ -154,21 +154,8 @@ class ModelRunner:
         The cache reserves `max_new_tokens - 1` rows of decode headroom per segment (the last token is never fed).
         """
         lens = [len(prompts[v.prompt]) for v in variants]
-        methods = [self.parallel.split(v.method) if self.parallel else v.method for v in variants]
-        plans = [plan_budgets(m, self.shape, n, v.kv_size, v.header) for m, v, n in zip(methods, variants, lens)]
-        cache = RaggedKVCache(
-            torch.stack([plan.sum(dim=1) for plan in plans], dim=1),
-            lens,
-            num_kv_heads=self.shape.num_kv_heads,
-            head_dim=self.shape.head_dim,
-            headroom=max_new_tokens - 1,
-            dtype=self.model.dtype,
-            device=self.device,
-            backend=self.backend,
-        )
-        hf_cache = RaggedHFCache(cache)
-        compressors = [SequenceCompressor(m, plan, cache, seq, v.header)
-                       for seq, (m, v, plan) in enumerate(zip(methods, variants, plans))]
+        hf_cache, compressors = self.allocate(lens, variants, max_new_tokens - 1)
+        cache = hf_cache.ragged
         logits, seconds = [None] * len(variants), [0.0] * len(variants)
         with attention_implementation(self.model, ATTENTION_NAME):
             for index, ids in enumerate(prompts):
@@ -192,6 +179,28 @@ class ModelRunner:
         if self.parallel:  # report the whole model on every rank
             kept, memory = self.parallel.gather_prefill_stats(kept, memory)
         return Prefilled(cache, hf_cache, variants, lens, torch.stack(logits), kept, memory, seconds)
+
+    def allocate(
+        self, lens: list[int], variants: list[Variant], headroom: int
+    ) -> tuple[RaggedHFCache, list[SequenceCompressor]]:
+        """The batch's empty cache, one sequence per variant (`lens`: its prompt's tokens), with `headroom` decode rows
+        in every segment, and each sequence's compressor (the prefill hook of its prompt; under tensor parallelism,
+        for this rank's heads of budgets planned for the whole model). `prefill` and `raggedkv.compressed` use it."""
+        methods = [self.parallel.split(v.method) if self.parallel else v.method for v in variants]
+        plans = [plan_budgets(m, self.shape, n, v.kv_size, v.header) for m, v, n in zip(methods, variants, lens)]
+        cache = RaggedKVCache(
+            torch.stack([plan.sum(dim=1) for plan in plans], dim=1),
+            lens,
+            num_kv_heads=self.shape.num_kv_heads,
+            head_dim=self.shape.head_dim,
+            headroom=headroom,
+            dtype=self.model.dtype,
+            device=self.device,
+            backend=self.backend,
+        )
+        compressors = [SequenceCompressor(m, plan, cache, seq, v.header)
+                       for seq, (m, v, plan) in enumerate(zip(methods, variants, plans))]
+        return RaggedHFCache(cache), compressors
 
     def decode_step(self, hf_cache: RaggedHFCache, inputs: StepInputs) -> torch.Tensor:
         """One decode step for the whole batch, reading the static `inputs` -> logits `[batch, vocab]`.
