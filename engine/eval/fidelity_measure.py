@@ -102,6 +102,7 @@ def measure_prompt(
     needle: tuple[int, int],
     variants: Sequence[tuple[Method, int | None]],
     top_heads: torch.Tensor,
+    header: int = 0,
 ) -> list[dict]:
     """Teacher-force `answer` after `ids` through every variant of one prefill.
 
@@ -111,6 +112,8 @@ def measure_prompt(
         needle: `[start, end)` positions of the needle's tokens in `ids`.
         variants: `(method, kv_size)` pairs; the first is the reference (the full cache: kv_size None).
         top_heads: bool `[num_layers, num_kv_heads]`, the heads `needle_kept_top` averages over.
+        header: the prompt's trailing chat-template assistant-header tokens every head keeps and scoring leaves out
+            (the question-aware window, `compress.with_header`); 0 scores with the last window tokens.
 
     Returns:
         One dict per variant: `answer_logprob`, `kl`, `top1` (see `answer_scores`), `needle_kept` (mean over all
@@ -120,12 +123,12 @@ def measure_prompt(
     if not answer:
         raise ValueError("answer has no tokens; the reference continuation needs at least one")
     for method, kv_size in variants:
-        check_kv_size(kv_size, method)
+        check_kv_size(kv_size, method, header)
     (prompt,) = check_prompt_ids([list(ids)], runner.model.config, len(answer))
     recorder.reset()
     forced = torch.tensor(answer, dtype=torch.int64, device=runner.device)
     with attention_implementation(runner.model, ATTENTION_NAME):
-        state = runner.prefill([prompt], [Variant(0, m, k) for m, k in variants], len(answer))
+        state = runner.prefill([prompt], [Variant(0, m, k, header) for m, k in variants], len(answer))
         logits = state.logits[:, None].float()
         if len(answer) > 1:
             rest = runner.teacher_force(state, forced[None, :-1].expand(len(variants), -1).contiguous())

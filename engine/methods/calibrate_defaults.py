@@ -83,6 +83,8 @@ def calibrate_defaults(
     kv_sizes: Sequence[int] = (32, 64, 128, 256),
     lengths: Sequence[int] = (1500,),
     depths: Sequence[int] = (30, 70),
+    needles: Sequence[str] | None = None,
+    references: bool = True,
     chat: bool = True,
     backend: str = "auto",
     log: str | Path | None = None,
@@ -95,6 +97,8 @@ def calibrate_defaults(
         model: model name or local folder (its packaged score files are the ones calibrated).
         methods: HeadKV methods to calibrate; betas: candidate betas (each >= 1); kv_sizes: where to calibrate.
         lengths, depths: the calibration prompts' lengths (tokens) and needle depths (percent), as `score-heads`.
+        needles: ids of the calibration needles to use (`calibration_needles`; default all).
+        references: also measure SnapKV at each kv_size and the full cache, for the sidecar's reference rows.
         chat: build prompts in the chat template (as `score-heads --chat` does and the engine runs by default).
         log: the resumable results file of the measurements (None: in memory).
         out: the sidecar (default `engine/data/<model-slug>-defaults.json`).
@@ -114,10 +118,15 @@ def calibrate_defaults(
         raise ValueError(f"methods holds {unknown[0]!r}; calibrate-defaults calibrates {list(CALIBRATED_METHODS)}")
     if not betas or any(isinstance(b, bool) or not isinstance(b, int | float) or not b >= 1 for b in betas):
         raise ValueError(f"betas={list(betas)!r} must be a non-empty list of numbers >= 1")
-    needles = calibration_needles()
+    known = calibration_needles()
+    unknown = sorted(set(needles or ()) - set(known))
+    if unknown or (needles is not None and not needles):
+        raise ValueError(f"needles={needles!r}: {unknown[:1] or 'empty'}; choose from {list(known)}")
+    needles = {key: known[key] for key in (needles or known)}
     probes = [CalibrationProbe(n, d, needle) for n in lengths for d in depths for needle in needles]
-    cells = [("full", None), *(("snapkv", k) for k in kv_sizes),
-             *((variant(m, b), k) for m in methods for b in betas for k in kv_sizes)]
+    cells = [(variant(m, b), k) for m in methods for b in betas for k in kv_sizes]
+    if references:
+        cells = [("full", None), *(("snapkv", k) for k in kv_sizes), *cells]
     scores = {kind: packaged_score_file(model, kind) for kind in ("retrieval", "reasoning")}
     settings = {"model": model, "backend": backend, "chat": chat, "score_files": {
         kind: None if path is None else hashlib.sha256(path.read_bytes()).hexdigest()[:16]
@@ -130,9 +139,11 @@ def calibrate_defaults(
             with torch.inference_mode():
                 _measure(model, backend, chat, store, pending, needles, progress)
         records = list(store.records)
-    snapkv = {str(k): [round(v, 4) for v in clustered_mean(
-        [r["answer_logprob"] for r in records if r["method"] == "snapkv" and r["kv_size"] == k],
-        [r["needle"] for r in records if r["method"] == "snapkv" and r["kv_size"] == k])] for k in kv_sizes}
+
+    def reference(method: str, kv_size: int | None) -> list[float]:
+        items = [r for r in records if r["method"] == method and r["kv_size"] == kv_size]
+        return [round(v, 4) for v in clustered_mean([r["answer_logprob"] for r in items], [r["needle"] for r in items])]
+
     chosen = choose(records, methods, betas, kv_sizes)
     sidecar = {
         "model": model,
@@ -144,10 +155,8 @@ def calibrate_defaults(
         "measure": "mean over prompts of the teacher-forced answer log-probability (nats, summed over the answer's "
                    "tokens); [mean, SE clustered by needle, prompts]; chosen: the highest mean (smallest beta on ties)",
         "measured": {method: chosen[method]["measured"] for method in methods},
-        "snapkv_reference": snapkv,
-        "full_reference": [round(v, 4) for v in clustered_mean(
-            [r["answer_logprob"] for r in records if r["method"] == "full"],
-            [r["needle"] for r in records if r["method"] == "full"])],
+        "snapkv_reference": {str(k): reference("snapkv", k) for k in kv_sizes} if references else None,
+        "full_reference": reference("full", None) if references else None,
         "grid": {"methods": list(methods), "betas": list(betas), "kv_sizes": list(kv_sizes)},
         "data": {"needles": "engine/heads/needles.py: " + ", ".join(needles), "haystack": "engine/heads/haystack.py",
                  "lengths": list(lengths), "depths": list(depths), "chat_template": chat,
@@ -171,7 +180,6 @@ def _measure(model: str, backend: str, chat: bool, store, pending: dict, needles
 
     runner = Runner(model, backend=backend)
     built = {m: runner.engine(m).method for m in dict.fromkeys(c for todo in pending.values() for c, _ in todo)}
-    built.setdefault("full", runner.engine("full").method)
     engine = runner.engine("full")
     recorder = KeptPositions(engine.backend, engine.shape.num_kv_heads)
     model_runner = ModelRunner(engine.model, recorder.backend)
@@ -181,11 +189,11 @@ def _measure(model: str, backend: str, chat: bool, store, pending: dict, needles
             needle = needles[probe.needle]
             trial = build_trial_prompt(engine.tokenizer, needle, probe.length, probe.depth, chat)
             answer = engine.tokenizer(needle.answer, add_special_tokens=False)["input_ids"]
-            run = [("full", None), *(c for c in todo if c[0] != "full")]
+            run = list(todo)  # the first is the reference of `kl`, which calibration does not record
             measured = measure_prompt(model_runner, recorder, trial.ids, answer, trial.span,
                                       [(built[m], k) for m, k in run], everywhere)
             by_cell = dict(zip(run, measured))
             store.add({"method": m, "kv_size": k, **asdict(probe), "answer_logprob": by_cell[m, k]["answer_logprob"],
-                       "kl": by_cell[m, k]["kl"], "needle_kept": by_cell[m, k]["needle_kept"],
+                       "needle_kept": by_cell[m, k]["needle_kept"],
                        "prompt_tokens": by_cell[m, k]["prompt_tokens"]} for m, k in todo)
             bar.update(len(todo))

@@ -59,6 +59,10 @@ def _register_calibrate_defaults(subparsers: argparse._SubParsersAction) -> None
                           help="calibration prompt lengths in tokens (1500)")
     defaults.add_argument("--depths", type=int_list, nargs="+", default=[int_list("30,70")],
                           help="needle depths in percent (30,70)")
+    defaults.add_argument("--needles", nargs="+", help="calibration needle ids (default all: retrieval-0..2, "
+                          "reasoning-0..3)")
+    defaults.add_argument("--no-references", action="store_true",
+                          help="skip the SnapKV and full-cache reference rows (faster)")
     defaults.add_argument("--no-chat", action="store_true", help="do not use the chat template")
     defaults.add_argument("--backend", default="auto", choices=("auto", "torch", "triton"), help="engine backend")
     defaults.add_argument("--log", type=Path, help="resumable measurements file "
@@ -80,7 +84,8 @@ def run_calibrate_defaults(args: argparse.Namespace) -> int:
     log = args.log or Path("raggedkv-eval") / f"calibrate-defaults-{model_slug(args.model)}.json"
     flat = lambda lists: [v for values in lists for v in values]  # noqa: E731
     sidecar = calibrate_defaults(args.model, methods=args.methods, betas=args.betas, kv_sizes=flat(args.kv_sizes),
-                                 lengths=flat(args.lengths), depths=flat(args.depths), chat=not args.no_chat,
+                                 lengths=flat(args.lengths), depths=flat(args.depths), needles=args.needles,
+                                 references=not args.no_references, chat=not args.no_chat,
                                  backend=args.backend, log=log, out=args.out, progress=not args.no_progress)
     for method, chosen in sidecar["defaults"].items():
         print(f"{method}: beta by kv_size {chosen['beta']}")
