@@ -101,6 +101,9 @@ def add_prompt_flags(parser: argparse.ArgumentParser) -> None:
     prompt.add_argument("--prompt-file", type=Path, help="a UTF-8 file holding the prompt")
     parser.add_argument("--no-chat-template", dest="chat_template", action="store_false",
                         help="tokenize the prompt as is instead of as a user turn of the model's chat template")
+    parser.add_argument("--no-question-window", dest="question_window", action="store_false",
+                        help="score with the last prompt tokens (the chat template's assistant header) instead of the "
+                             "window before the header, which every head then keeps (default: question window on)")
     parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
                         help="upper bound on generated tokens (default %(default)s)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
@@ -169,7 +172,7 @@ def set_threads(args: argparse.Namespace) -> None:
 def sampling_kwargs(args: argparse.Namespace) -> dict[str, object]:
     """The generation keywords shared by `Engine.generate` and `Engine.sweep`."""
     return {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p,
-            "seed": args.seed, "chat_template": args.chat_template}
+            "seed": args.seed, "chat_template": args.chat_template, "question_window": args.question_window}
 
 
 def run_generate(args: argparse.Namespace) -> int:

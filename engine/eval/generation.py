@@ -38,12 +38,16 @@ class Runner:
     Args:
         model: model name or local Hugging Face folder, as `Engine.from_pretrained` takes it.
         backend: the engine's backend ("auto", "torch", "triton").
+        question_window: chat prompts score with the window before the template's assistant header and keep the
+            header in every head (`Engine.generate`'s `question_window`); False scores with the last prompt tokens.
         head_scores: head-score file per method name (a variant uses its name's), for methods that take one (headkv-r,
             headkv-r2, compresskv); methods not listed use the engine's default for the model.
     """
 
-    def __init__(self, model: str, backend: str = "auto", head_scores: Mapping[str, str] | None = None):
+    def __init__(self, model: str, backend: str = "auto", head_scores: Mapping[str, str] | None = None,
+                 question_window: bool = True):
         self.model, self.backend, self.head_scores = model, backend, dict(head_scores or {})
+        self.question_window = question_window
         self._engines: dict[str, object] = {}
 
     def engine(self, method: str):
@@ -91,7 +95,9 @@ class Runner:
         stops = stop_token_ids(engine.tokenizer, engine.eos_ids, newline=newline_stops)
         variants = [(self.engine(method).method, kv_size) for method, kv_size in cells]
         start = time.perf_counter()
-        results = engine.sweep(self.encode(prompt, chat), variants, max_new_tokens=max_new_tokens)
+        ids, header = engine.encode_with_header(prompt, chat_template=chat)
+        results = engine.sweep(ids, variants, max_new_tokens=max_new_tokens,
+                               header_tokens=header if self.question_window else 0)
         seconds = (time.perf_counter() - start) / len(cells)
         return [
             Answer(
