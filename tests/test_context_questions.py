@@ -102,3 +102,21 @@ def test_bad_arguments_are_named(kwargs, error, message):
     prompt = kwargs.pop("prompt", CONTEXT)
     with pytest.raises(error, match=message):
         engine.generate(prompt, **kwargs)
+
+
+def test_the_pipeline_task_gives_the_engines_answers():
+    import transformers
+    from raggedkv.engine.qa_pipeline import TASK
+
+    model, tokenizer = tiny_model("llama", seed=44), templated_tokenizer()
+    qa = transformers.pipeline(TASK, model=model, tokenizer=tokenizer, method="snapkv", backend="torch",
+                               kv_size=KV_SIZE, max_new_tokens=NEW_TOKENS)
+    engine = Engine.from_model(model, tokenizer, method="snapkv", backend="torch")
+    expected = engine.generate(CONTEXT, questions=QUESTIONS, kv_size=KV_SIZE, max_new_tokens=NEW_TOKENS)
+    assert qa(CONTEXT, questions=QUESTIONS) == [{"question": q, "answer": r.text}
+                                                for q, r in zip(QUESTIONS, expected, strict=True)]
+    assert qa(CONTEXT, question=QUESTIONS[0]) == {"question": QUESTIONS[0], "answer": expected[0].text}
+    with pytest.raises(ValueError, match=r"unknown keywords \['beams'\]"):
+        qa(CONTEXT, question=QUESTIONS[0], beams=2)
+    with pytest.raises(ValueError, match="needs question= or questions="):
+        qa(CONTEXT)
