@@ -168,7 +168,8 @@ class RaggedLayer(CacheLayerMixin):
 class RaggedHFCache(Cache):
     """A `transformers.Cache` over a `RaggedKVCache`, plus the per-forward state the attention function reads.
 
-    prefill_hook: set while one sequence's prompt runs through the model (`prefilling`); None during decode.
+    prefill_hook: set while one sequence's prompt runs through the model (`prefilling`), or, for a generate call
+        inside `raggedkv.compressed`, from allocation until its prefill forward ends; None during decode.
     decode_plans: per layer, the extra `ragged_decode_attention` arguments planned once from capacities.
     """
 
