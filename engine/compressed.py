@@ -19,8 +19,11 @@ criteria and streamers are transformers' own. How it is wired, with nothing patc
   of one decode step, the bookkeeping `ModelRunner` does around its own steps. An `Engine`'s forwards (on its own
   cache) are left to its runner; any other forward inside the block is refused.
 
-On exit (also after an exception) the attention implementation, the training flag, `generate` and the hooks are
-restored; the model's configs are never written. Refused, with an error naming the argument: beam search
+Scoring uses the plain observation window (the prompt's last `window` tokens), as `Engine.generate_ids` does by
+default: token ids carry no chat-template header for the question-aware window of `Engine.generate`.
+
+On exit (also after an exception) the attention implementation (switched in `model.config` for the block), the
+training flag, `generate` and the hooks are restored; the generation config is never written. Refused, with an error naming the argument: beam search
 (`num_beams > 1`), several returned sequences per prompt (`num_return_sequences > 1`), assisted decoding
 (`assistant_model`, `prompt_lookup_num_tokens`), chunked prefill (`prefill_chunk_size`), padded batches (zeros in
 `attention_mask`), `inputs_embeds`, a caller's own `past_key_values` and `use_cache=False`. An unpadded batch of
