@@ -170,12 +170,12 @@ def test_sweep_gives_the_apis_answers_with_score_files(model_dir, tmp_path, caps
     path = tmp_path / "scores.json"
     path.write_text(json.dumps(scores), encoding="utf-8")
     argv = ["sweep", "--model", model_dir, "--backend", "torch", "--max-new-tokens", "6", "--prompt", PROMPT,
-            "--methods", "full", "snapkv:window=4", "headkv-r:beta=2", "--kv-sizes", "8", "12", "--head-scores",
+            "--methods", "full", "snapkv:window=4", "headkv-r:beta=2", "--kv-sizes", "9", "12", "--head-scores",
             str(path), "--json"]
     assert cli.main(argv) == 0
     out = json.loads(capsys.readouterr().out)
     assert [(row["stats"]["method"], row["stats"]["kv_size"]) for row in out] == [
-        ("full", None), ("snapkv:window=4", 8), ("snapkv:window=4", 12), ("headkv-r:beta=2", 8),
+        ("full", None), ("snapkv:window=4", 9), ("snapkv:window=4", 12), ("headkv-r:beta=2", 9),
         ("headkv-r:beta=2", 12)]
     for row in out[1:]:
         method, _, params = row["stats"]["method"].partition(":")

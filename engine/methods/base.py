@@ -19,6 +19,11 @@ any planning, whatever the prompt, the engine refuses a `kv_size` below `method.
 Budgets are always between `min(window, prompt_len)` and `prompt_len`: a head never holds more tokens than the
 prompt has, and it always holds the observation window.
 
+A prompt that ends with a chat template's assistant header (the question-aware window, `compress.with_header`):
+the engine hands `plan` and `adapt` a shallow copy of the method whose `scoring.window` is `window + header`, so
+every head keeps the header and the window, scores cover the `prompt_len - window - header` tokens before them,
+and `kv_size` (and `min_kv_size`) count the header too. Methods need nothing for it.
+
 Totals: every compressing method realises exactly `min(kv_size, prompt_len) * num_layers * num_kv_heads` tokens
 per sequence (the nominal `kv_size * num_layers * num_kv_heads` whenever `prompt_len >= kv_size`; with a shorter
 prompt every head keeps the whole prompt). Where a published formula gives a head more than the prompt holds, the
