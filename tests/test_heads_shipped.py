@@ -2,13 +2,14 @@
 property, and (slow, real model) that the documented command's trials reproduce them."""
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import raggedkv.engine
 import torch
 from raggedkv.engine.models import load_model
-from raggedkv.engine.heads.needles import needles_for
+from raggedkv.engine.heads.needles import needles_for, needles_version
 from raggedkv.engine.heads.output import DIGITS, mean_table, summarize
 from raggedkv.engine.heads.run import KINDS
 from raggedkv.engine.heads.trial import TrialSpec, run_trial
@@ -38,6 +39,17 @@ def test_shipped_scores_match_their_sidecar(kind):
     torch.testing.assert_close(table, mean_table(scores, 30, 9))
     assert summarize(table) == meta["summary"]
     assert (DATA / f"{SLUG}-{kind}.png").is_file()
+
+
+def test_reasoning_scores_rest_on_fifty_accepted_trials_spread_over_the_grid():
+    """Issue 13: at least 50 accepted trials, with accepted trials for every needle, length and depth, made with
+    the needles the code holds now."""
+    meta = shipped("reasoning")[1]
+    assert meta["acceptance"]["accepted"] >= 50
+    for axis in ("by_needle", "by_length", "by_depth"):
+        assert all(accepted > 0 for accepted, _ in meta["acceptance"][axis].values()), axis
+    assert meta["grid"]["needles_version"] == needles_version("reasoning")
+    assert meta["grid"]["needles"] == [asdict(needle) for needle in needles_for("reasoning")]
 
 
 def test_reasoning_scores_are_denser_than_retrieval_scores():

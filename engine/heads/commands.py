@@ -19,7 +19,7 @@ from pathlib import Path
 from ..default_model import DEFAULT_MODEL
 from ..methods.score_kinds import HEAD_SCORE_KINDS
 
-DEFAULT_LENGTHS = (500, 1000, 1500, 2000)  # the grid of the shipped SmolLM2 files
+DEFAULT_LENGTHS = (500, 1000, 1500, 2000)  # the grid of the shipped SmolLM2 retrieval and semantic files
 DEFAULT_DEPTHS = (0, 25, 50, 75, 100)
 DESCRIPTION = """Estimate every query head's importance with needle-in-a-haystack runs on the model.
 

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from ..atomic_io import write_atomically
 from ..methods.head_scores import HEAD_SCORE_KINDS
 from .haystack import HAYSTACK_SEED, HAYSTACK_VERSION
-from .needles import needles_for
+from .needles import needles_for, needles_version
 from .trial import TrialSpec, run_trial
 
 KINDS = HEAD_SCORE_KINDS  # the one home of the kind names: `raggedkv.engine.methods.head_scores`
@@ -51,10 +51,11 @@ class RunSettings:
                 for length in self.lengths for depth in self.depths]
 
     def header(self) -> dict:
-        """The log's first line: the settings, the haystack's identity and the needles' text."""
+        """The log's first line: the settings, the haystack's identity and the needles' version and text."""
         settings = asdict(self)
         settings.update(lengths=list(self.lengths), depths=list(self.depths), haystack_seed=HAYSTACK_SEED,
-                        haystack_version=HAYSTACK_VERSION, needles=[asdict(n) for n in needles_for(self.kind)])
+                        haystack_version=HAYSTACK_VERSION, needles_version=needles_version(self.kind),
+                        needles=[asdict(n) for n in needles_for(self.kind)])
         return settings
 
 

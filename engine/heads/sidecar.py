@@ -43,7 +43,8 @@ def build_sidecar(settings: RunSettings, records: list[dict], summary: dict, com
         "format": "HeadKV head scores: {'layer-head': [score per accepted trial]}, query heads, layer-major",
         "command": command,
         "grid": {
-            "lengths": header["lengths"], "depths": header["depths"], "needles": header["needles"],
+            "lengths": header["lengths"], "depths": header["depths"], "needles_version": header["needles_version"],
+            "needles": header["needles"],
             "chat_template": settings.chat, "max_new_tokens": settings.max_new_tokens,
             "buffer_tokens": BUFFER_TOKENS, "question_template": QUESTION_TEMPLATE,
             "haystack": {"seed": header["haystack_seed"], "version": header["haystack_version"]},
