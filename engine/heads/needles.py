@@ -11,7 +11,8 @@ Reasoning needles, version 2: two people's weekend plans, then their jobs, and "
 (ages, younger / older; jobs, nurse / pilot) passed 13 of 80 trials on SmolLM2-135M-Instruct: the model restates
 the question and then copies whichever plan it prefers, or haystack text. It prefers the garden-fence plan to the
 canoe plan whoever holds it, so version 2 gives every question that plan as its answer, in both positions and
-under three pairs of names and jobs; the mirror question (the other job, same text) gets the same plan and fails.
+under three pairs of names and jobs; the mirror question (the other job, same text) got the fence plan in 11 of
+12 trials (each text at 500 tokens, depths 40 and 80).
 So for this model the accepted trials show where the heads look while the right sentence is produced, not that
 the model did the inference. A model that always copies one position still fails half the needles.
 """
