@@ -12,7 +12,6 @@ fact and paired differences against a baseline method (`fidelity_stats.py`); res
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -22,7 +21,7 @@ import torch
 
 from ..default_model import DEFAULT_MODEL
 from ..heads.prompt import locate_span
-from ..methods.head_scores import DATA_DIR, ScoreSource, model_slug, packaged_score_file, read_head_scores
+from ..methods.head_scores import ScoreSource, packaged_score_file, read_head_scores
 from .fidelity_measure import KeptPositions, measure_prompt
 from .fidelity_plot import plot_fidelity
 from .fidelity_prompts import FACTS, FIDELITY_VERSION, TEMPLATE, diary_sentences
@@ -60,14 +59,9 @@ def top_head_mask(scores: torch.Tensor, num_kv_heads: int, fraction: float) -> t
     return mask.view(layers, num_kv_heads)
 
 
-def _defaults_fingerprint(model: str) -> str | None:
-    """sha256 of the model's calibrated-defaults sidecar, if any (results of other defaults are not mixed)."""
-    path = DATA_DIR / f"{model_slug(model)}-defaults.json"
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else None
-
-
 def _beta(method, kv_size: int | None) -> float | None:
-    """The beta a HeadKV variant ran with at this kv_size (None for other methods and the full cache)."""
+    """The beta a HeadKV variant ran with at this kv_size (None for other methods and the full cache): records
+    say it, so rows of a bare `headkv-r2` measured under different calibrated defaults can be told apart."""
     return method.beta_at(kv_size) if kv_size is not None and hasattr(method, "beta_at") else None
 
 
@@ -124,7 +118,7 @@ def run_fidelity(
     top = None if retrieval_scores is None else read_head_scores(retrieval_scores)
     settings = {
         "model": model, "backend": backend, "fidelity_version": FIDELITY_VERSION, "chat": chat,
-        "head_scores": dict(head_scores or {}), "top_heads": top_heads, "defaults": _defaults_fingerprint(model),
+        "head_scores": dict(head_scores or {}), "top_heads": top_heads,
         "retrieval_scores": None if retrieval_scores is None else (
             "(dict)" if isinstance(retrieval_scores, dict) else Path(retrieval_scores).name),
     }
