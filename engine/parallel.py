@@ -35,6 +35,7 @@ from .models import model_shape
 from .parallel_budgets import (
     balance_ranks,
     check_heads_split,
+    check_rank_balance,
     fit_rank_totals,
     rank_heads,
     rank_totals,
@@ -50,11 +51,13 @@ def rank_shape(shape: ModelShape, size: int) -> ModelShape:
 @dataclass(frozen=True)
 class TensorParallel:
     """The tensor-parallel world of a model: `size` ranks, this process's `rank`, their process `group`, the
-    model's global attention `shape`, and the optional `rank_balance` epsilon (None = budgets as planned)."""
+    `device` collectives run on (the model's: NCCL needs CUDA tensors), the model's global attention `shape`, and
+    the optional `rank_balance` epsilon (None = budgets as planned)."""
 
     size: int
     rank: int
     group: Any
+    device: torch.device
     shape: ModelShape
     rank_balance: float | None = None
 
@@ -82,8 +85,9 @@ class TensorParallel:
             raise ValueError(f"only tensor parallelism is supported; the device mesh is {mesh}")
         tp_mesh = mesh["tp"]
         if rank_balance is not None:
-            balance_ranks(torch.zeros(1, size, dtype=torch.int64), size, rank_balance, 0, 0)  # checks epsilon
-        return cls(size, tp_mesh.get_local_rank(), tp_mesh.get_group(), shape, rank_balance)
+            check_rank_balance(rank_balance)
+        device = next(model.parameters()).device
+        return cls(size, tp_mesh.get_local_rank(), tp_mesh.get_group(), device, shape, rank_balance)
 
     @property
     def local_shape(self) -> ModelShape:
@@ -96,21 +100,22 @@ class TensorParallel:
 
     def shared_seed(self) -> int:
         """A random seed drawn on rank 0 and broadcast to every rank."""
-        seed = torch.randint(0, 2**62, (1,), dtype=torch.int64)
+        seed = torch.randint(0, 2**62, (1,), dtype=torch.int64).to(self.device)
         dist.broadcast(seed, group_src=0, group=self.group)
         return int(seed)
 
     def gather_prefill_stats(self, kept: torch.Tensor, memory: KVMemory) -> tuple[torch.Tensor, KVMemory]:
         """(kept int64 `[batch, num_layers, num_kv_heads]` of the whole model, KV bytes summed over ranks) from
         this rank's kept `[batch, num_layers, num_kv_heads / size]` and `memory`."""
+        kept = kept.to(self.device)
         parts = [torch.empty_like(kept) for _ in range(self.size)]
-        dist.all_gather(parts, kept.contiguous(), group=self.group)
+        dist.all_gather(parts, kept, group=self.group)
         summed = []
         for part in (memory.allocated, memory.valid, memory.full):
-            part = part.clone()
+            part = part.to(self.device, copy=True)
             dist.all_reduce(part, group=self.group)
-            summed.append(part)
-        return torch.cat(parts, dim=-1), KVMemory(*summed)
+            summed.append(part.cpu())
+        return torch.cat(parts, dim=-1).cpu(), KVMemory(*summed)
 
 
 def rank_stats(kept: torch.Tensor, parallel: TensorParallel | None) -> dict:

@@ -92,6 +92,12 @@ def fit_rank_totals(budgets: torch.Tensor, targets: torch.Tensor, low: int, high
     return out
 
 
+def check_rank_balance(epsilon: object) -> None:
+    """Raise ValueError unless `epsilon` (the `rank_balance` option) is a finite number >= 0."""
+    if isinstance(epsilon, bool) or not (isinstance(epsilon, (int, float)) and math.isfinite(epsilon) and epsilon >= 0):
+        raise ValueError(f"rank_balance (epsilon) must be a finite number >= 0, got {epsilon!r}")
+
+
 def balance_ranks(budgets: torch.Tensor, size: int, epsilon: float, low: int, high: int) -> torch.Tensor:
     """Budgets `[num_layers, num_kv_heads]` whose rank totals stay within `(1 + epsilon)` x the layer's mean.
 
@@ -109,8 +115,7 @@ def balance_ranks(budgets: torch.Tensor, size: int, epsilon: float, low: int, hi
     Raises:
         ValueError: a negative or non-finite `epsilon`, or heads that do not split over `size`.
     """
-    if not (isinstance(epsilon, (int, float)) and math.isfinite(epsilon) and epsilon >= 0):
-        raise ValueError(f"rank_balance (epsilon) must be a finite number >= 0, got {epsilon!r}")
+    check_rank_balance(epsilon)
     num_layers, heads = budgets.shape
     per_rank = heads // size
     totals = rank_totals(budgets, size)
