@@ -4,6 +4,7 @@ its tokens and whole-model stats must equal single-process runs. Plus the slicin
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -66,8 +67,14 @@ def tp_report(models_dir) -> dict:
     return json.loads(out.read_text())
 
 
+@functools.cache
+def loaded(folder: Path):
+    """(model, tokenizer) of a saved tiny model, loaded once per test session."""
+    return load_model(folder, device="cpu")
+
+
 def single_process(models_dir: Path, family: str, method) -> list[dict]:
-    engine = Engine.from_pretrained(models_dir / family, method=method, device="cpu", backend="torch")
+    engine = Engine.from_model(*loaded(models_dir / family), method=method, backend="torch")
     return worker.record(engine.generate_ids(worker.prompts(), kv_size=worker.KV_SIZE,
                                              max_new_tokens=worker.MAX_NEW_TOKENS))
 
