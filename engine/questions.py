@@ -73,6 +73,8 @@ def generate_answers(
     )
     check_prompt_ids([context_ids + ids for ids in question_ids], engine.model.config, max_new_tokens)
     sampling = SamplingParams(max_new_tokens, temperature, top_p, seed)
+    if seed is None and engine.runner.parallel and temperature > 0:
+        seed = engine.runner.parallel.shared_seed()  # tensor parallel: every rank must draw the same tokens
     generator = None if seed is None else torch.Generator(device=engine.device).manual_seed(seed)
     variants = [Variant(0, engine.method, kv_size) for _ in questions]
     headroom = max(map(len, question_ids)) + max_new_tokens - 1
