@@ -23,11 +23,12 @@ Scoring uses the plain observation window (the prompt's last `window` tokens), a
 default: token ids carry no chat-template header for the question-aware window of `Engine.generate`.
 
 On exit (also after an exception) the attention implementation (switched in `model.config` for the block), the
-training flag, `generate` and the hooks are restored; the generation config is never written. Refused, with an error naming the argument: beam search
-(`num_beams > 1`), several returned sequences per prompt (`num_return_sequences > 1`), assisted decoding
-(`assistant_model`, `prompt_lookup_num_tokens`), chunked prefill (`prefill_chunk_size`), padded batches (zeros in
-`attention_mask`), `inputs_embeds`, a caller's own `past_key_values` and `use_cache=False`. An unpadded batch of
-equal-length prompts works (each row is compressed on its own).
+training flag, `generate` and the hooks are restored; the generation config is never written. Refused, with an
+error naming the argument: beam search (`num_beams > 1`), several returned sequences per prompt
+(`num_return_sequences > 1`), assisted decoding (`assistant_model`, `prompt_lookup_num_tokens`), chunked prefill
+(`prefill_chunk_size`), padded batches (zeros in `attention_mask`), `inputs_embeds`, a caller's own
+`past_key_values` and `use_cache=False`. An unpadded batch of equal-length prompts works (each row is compressed on
+its own).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""`raggedkv.compressed`: plain `model.generate` on the compressed ragged cache gives the Engine's greedy tokens on every
-tested family (and SmolLM2 where installed), `full` gives transformers' own tokens, transformers' generation features
-work, the model is as before after the block, and what is refused is refused by name."""
+"""`raggedkv.compressed`: plain `model.generate` on the compressed ragged cache gives the Engine's greedy tokens on
+every tested family (and SmolLM2 where installed), `full` gives transformers' own tokens, transformers' generation
+features work, the model is as before after the block, and what is refused is refused by name."""
 
 from __future__ import annotations
 
