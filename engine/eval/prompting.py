@@ -1,7 +1,9 @@
 """Prompt plumbing shared by the evaluations: LongBench's middle truncation and the tokens that end an answer.
 
 Chat wrapping is the engine's (`Engine.encode(text, chat_template=True)`), so every count and every prompt the
-evaluations build goes through the same template the model is run with.
+evaluations build goes through the same template the model is run with. The length of the template's assistant
+header comes with the ids (`Engine.encode_with_header`), and `generation.Runner.sweep` passes it on, so every
+evaluation scores with the question-aware window unless its `Runner` is built with `question_window=False`.
 """
 
 from __future__ import annotations
