@@ -168,3 +168,24 @@ def test_cli_defaults_are_the_apis_and_the_cli_runs(tiny_model, tmp_path, capsys
     assert code == 0
     assert "streamingllm:sinks=2" in capsys.readouterr().out
     assert {r["method"] for r in json.loads(out.read_text())["records"]} == {"full", "snapkv", "streamingllm:sinks=2"}
+
+
+@pytest.mark.parametrize("question_window", [True, False])
+def test_the_question_window_reaches_the_measurement_and_the_settings(tiny_model, tmp_path, monkeypatch,  # noqa: F811
+                                                                       question_window):
+    from raggedkv.engine import Engine
+
+    tokenizer = Engine.from_pretrained(tiny_model, backend="torch").tokenizer
+    assert getattr(tokenizer, "chat_template", None)  # the header exists only with a template
+    headers = []
+    measure = fidelity_module.measure_prompt
+
+    def recording(*args):
+        headers.append(args[-1])
+        return measure(*args)
+
+    monkeypatch.setattr(fidelity_module, "measure_prompt", recording)
+    out = tmp_path / "fidelity.json"
+    run_fidelity(model=tiny_model, out=out, question_window=question_window, **{**GRID, "facts": 1})
+    assert headers and all((header > 0) == question_window for header in headers)
+    assert json.loads(out.read_text())["settings"]["question_window"] is question_window

@@ -176,3 +176,15 @@ def test_backends_agree_with_a_header(tmp_path):
         kept.append(_kept_sets(engine, states[-1], ids))
     assert kept[0] == kept[1]
     torch.testing.assert_close(states[0].logits, states[1].logits)
+
+
+def test_head_scoring_trial_prompts_carry_their_header():
+    """calibrate-defaults scores its trial prompts with the question window, as the engine does: the trial's header
+    is the template's, and none without the template."""
+    from raggedkv.engine.heads.needles import RETRIEVAL_NEEDLES
+    from raggedkv.engine.heads.prompt import build_trial_prompt
+
+    tokenizer = chat_tokenizer()
+    chat = build_trial_prompt(tokenizer, RETRIEVAL_NEEDLES[0], 300, 50, chat=True)
+    assert chat.header == HEADER and tokenizer.decode(chat.ids[-HEADER:]) == ")A:"
+    assert build_trial_prompt(tokenizer, RETRIEVAL_NEEDLES[0], 300, 50, chat=False).header == 0

@@ -83,6 +83,9 @@ def _common(parser: argparse.ArgumentParser, default_kv_sizes: str) -> None:
                         "cover both")
     parser.add_argument("--backend", default="auto", choices=BACKEND_NAMES, help="engine backend")
     parser.add_argument("--no-chat", action="store_true", help="do not put prompts in the model's chat template")
+    parser.add_argument("--no-question-window", dest="question_window", action="store_false",
+                        help="score with the last prompt tokens (the chat template's assistant header) instead of the "
+                        "window before the header (the default, as in `raggedkv generate`)")
     parser.add_argument("--head-scores", type=method_path, action="append", metavar="METHOD=PATH",
                         help="head-score file for a method (headkv-r, headkv-r2, compresskv); repeatable")
     parser.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy machine)")
@@ -113,6 +116,7 @@ def _shared_kwargs(args: argparse.Namespace, task: str) -> dict:
         "head_scores": dict(args.head_scores or []),
         "progress": not args.no_progress,
         "merge": args.merge,
+        "question_window": args.question_window,
     }
 
 

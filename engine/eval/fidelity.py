@@ -81,6 +81,7 @@ def run_fidelity(
     retrieval_scores: ScoreSource | None = None,
     progress: bool = True,
     merge: bool = False,
+    question_window: bool = True,
 ) -> EvalResult:
     """Fidelity of each method at each KV budget to the full cache, on the evaluation's own facts.
 
@@ -103,6 +104,8 @@ def run_fidelity(
             without one, `needle_kept_top` is NaN).
         progress: show a progress bar.
         merge: add this run's cells to an `out` over another grid.
+        question_window: chat prompts score with the window before the template's assistant header and keep the
+            header in every head (`Engine.generate`'s default); False: the last prompt tokens score.
 
     Returns:
         The records (with `merge`, of the whole file), the summary (one row per method and kv_size) and the files.
@@ -118,7 +121,7 @@ def run_fidelity(
     top = None if retrieval_scores is None else read_head_scores(retrieval_scores)
     settings = {
         "model": model, "backend": backend, "fidelity_version": FIDELITY_VERSION, "chat": chat,
-        "head_scores": dict(head_scores or {}), "top_heads": top_heads,
+        "head_scores": dict(head_scores or {}), "top_heads": top_heads, "question_window": question_window,
         "retrieval_scores": None if retrieval_scores is None else (
             "(dict)" if isinstance(retrieval_scores, dict) else Path(retrieval_scores).name),
     }
@@ -131,7 +134,7 @@ def run_fidelity(
         pending = {p: [c for c in cells if not store.done((*c, *asdict(p).values()))] for p in probes}
         pending = {p: todo for p, todo in pending.items() if todo}
         if pending:
-            _measure(runner, store, pending, top, top_heads, chat, progress)
+            _measure(runner, store, pending, top, top_heads, chat, question_window, progress)
         columns, rows = summary(store.records, baseline)
         store.summary = {"columns": columns, "rows": rows, "baseline": baseline}
         records, grid = list(store.records), store.grid
@@ -144,7 +147,7 @@ def run_fidelity(
 
 
 def _measure(runner: Runner, store: ResultStore, pending: dict, top, top_fraction: float, chat: bool,
-             progress: bool) -> None:
+             question_window: bool, progress: bool) -> None:
     """Measure every pending (probe, cell) and store each probe's records as soon as it is done."""
     from tqdm.auto import tqdm
 
@@ -168,11 +171,12 @@ def _measure(runner: Runner, store: ResultStore, pending: dict, top, top_fractio
             prompt, _ = fit_haystack(lambda context: TEMPLATE.format(context=context, question=fact.question),
                                      lambda text: len(runner.encode(text, chat)), probe.length,
                                      [(probe.depth, fact.sentence)], filler=diary_sentences)
-            ids = runner.encode(prompt, chat)
+            ids, header = engine.encode_with_header(prompt, chat_template=chat)
             spans = [tokenizer(p + fact.sentence, add_special_tokens=False)["input_ids"] for p in (" ", "")]
             answer = tokenizer(fact.sentence, add_special_tokens=False)["input_ids"]
             variants = [(built["full"], None), *((built[m], k) for m, k in todo if m != "full")]
-            measured = measure_prompt(model_runner, recorder, ids, answer, locate_span(ids, *spans), variants, mask)
+            measured = measure_prompt(model_runner, recorder, ids, answer, locate_span(ids, *spans), variants, mask,
+                                      header if question_window else 0)
             if top is None:
                 for record in measured:
                     record["needle_kept_top"] = math.nan

@@ -98,6 +98,7 @@ def run_longbench(
     head_scores: Mapping[str, str] | None = None,
     progress: bool = True,
     merge: bool = False,
+    question_window: bool = True,
 ) -> EvalResult:
     """LongBench scores of each method at each KV budget.
 
@@ -105,7 +106,7 @@ def run_longbench(
         data_dir: folder with LongBench's `<dataset>.jsonl` files (fields `input`, `context`, `answers`,
             `all_classes`, ...).
         datasets: dataset names (default: the 16 English ones).
-        model, methods, kv_sizes, out, backend, head_scores, progress, merge: as `run_niah`.
+        model, methods, kv_sizes, out, backend, head_scores, progress, merge, question_window: as `run_niah`.
         limit: use only the first `limit` examples of each dataset.
         max_length: truncate prompts to this many tokens (default: the model's context minus the dataset's answer
             length and the chat template's tokens).
@@ -130,9 +131,9 @@ def run_longbench(
     settings = {
         "model": model, "backend": backend, "protocol_version": PROTOCOL_VERSION, "max_length": max_length,
         "max_new_tokens": max_new_tokens,
-        "chat": chat, "head_scores": dict(head_scores or {}),
+        "chat": chat, "head_scores": dict(head_scores or {}), "question_window": question_window,
     }
-    runner = Runner(model, backend=backend, head_scores=head_scores)
+    runner = Runner(model, backend=backend, head_scores=head_scores, question_window=question_window)
 
     def request(probe: Example) -> Request:  # the model loads on the first prompt built, only if work is left
         task = TASKS[probe.dataset]

@@ -96,6 +96,7 @@ def run_needle_task(
     head_scores: Mapping[str, str] | None = None,
     progress: bool = True,
     merge: bool = False,
+    question_window: bool = True,
 ) -> EvalResult:
     """Run `task` over methods x kv_sizes x lengths x depths x the first `needles` needles (see `run_niah`)."""
     methods = list(methods) if methods is not None else known_methods()
@@ -106,8 +107,9 @@ def run_needle_task(
     settings = {
         "model": model, "backend": backend, "task_version": task.version, "haystack_version": HAYSTACK_VERSION,
         "max_new_tokens": max_new_tokens, "chat": chat, "head_scores": dict(head_scores or {}),
+        "question_window": question_window,
     }
-    runner = Runner(model, backend=backend, head_scores=head_scores)
+    runner = Runner(model, backend=backend, head_scores=head_scores, question_window=question_window)
     probes = [Probe(n, d, needle) for n in lengths for d in depths for needle in list(task.items)[:needles]]
     wanted = wanted_keys(methods, kv_sizes, probes, asdict)
     with ResultStore(out, task.name, settings, KEY_FIELDS, wanted, merge) as store:

@@ -61,6 +61,7 @@ def run_niah(
     head_scores: Mapping[str, str] | None = None,
     progress: bool = True,
     merge: bool = False,
+    question_window: bool = True,
 ) -> EvalResult:
     """Needle-in-a-haystack accuracy of each method at each KV budget.
 
@@ -83,6 +84,9 @@ def run_niah(
         progress: show a progress bar.
         merge: add this run's cells to an `out` over another grid (same settings); the table, summary and plots
             then cover the whole file.
+        question_window: chat prompts score with the window before the template's assistant header and keep the
+            header in every head (`Engine.generate`'s default); False: the last prompt tokens score. Recorded in
+            the results' settings.
 
     Returns:
         The records of the grid (with `merge`, of the whole file), the summary (one row per method and kv_size)
@@ -91,5 +95,5 @@ def run_niah(
     return run_needle_task(
         NIAH, model=model, methods=methods, kv_sizes=kv_sizes, lengths=lengths, depths=depths, needles=needles,
         out=out, backend=backend, max_new_tokens=max_new_tokens, chat=chat, head_scores=head_scores,
-        progress=progress, merge=merge,
+        progress=progress, merge=merge, question_window=question_window,
     )

@@ -57,6 +57,7 @@ def run_reasoning(
     head_scores: Mapping[str, str] | None = None,
     progress: bool = True,
     merge: bool = False,
+    question_window: bool = True,
 ) -> EvalResult:
     """Retrieval-reasoning accuracy of each method at each KV budget; arguments as `run_niah` (`needles`: how many
     of the reasoning needles each (length, depth) probes). Records also say whether the answer followed the
@@ -64,5 +65,5 @@ def run_reasoning(
     return run_needle_task(
         REASONING, model=model, methods=methods, kv_sizes=kv_sizes, lengths=lengths, depths=depths,
         needles=needles, out=out, backend=backend, max_new_tokens=max_new_tokens, chat=chat,
-        head_scores=head_scores, progress=progress, merge=merge,
+        head_scores=head_scores, progress=progress, merge=merge, question_window=question_window,
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..chat_header import header_length
 from .haystack import haystack_sentences
 from .needles import Needle
 
@@ -22,10 +23,12 @@ QUESTION_TEMPLATE = "Based on the content of the book, Question: {question}\nAns
 
 @dataclass(frozen=True, slots=True)
 class TrialPrompt:
-    """A tokenised trial: the prompt's ids and the answer span `[start, end)` inside them."""
+    """A tokenised trial: the prompt's ids, the answer span `[start, end)` inside them, and how many of the ids, at
+    the end, are the chat template's assistant header (`chat_header.header_length`; 0 without the template)."""
 
     ids: list[int]
     span: tuple[int, int]
+    header: int = 0
 
 
 def _count_tokens(tokenizer, text: str) -> int:
@@ -99,7 +102,9 @@ def locate_span(prompt_ids: Sequence[int], *answers: Sequence[int]) -> tuple[int
 def build_trial_prompt(tokenizer, needle: Needle, length: int, depth: float, chat: bool) -> TrialPrompt:
     """Tokenise the trial's prompt (with the tokenizer's special tokens) and locate the needle's answer span."""
     context = build_context(tokenizer, needle.text, length, depth)
-    ids = tokenizer(render_prompt(tokenizer, context, needle.question, chat),
-                    add_special_tokens=not chat).input_ids
+    text = render_prompt(tokenizer, context, needle.question, chat)
+    ids = list(tokenizer(text, add_special_tokens=not chat).input_ids)
     answers = [tokenizer(prefix + needle.answer, add_special_tokens=False).input_ids for prefix in (" ", "")]
-    return TrialPrompt(ids=list(ids), span=locate_span(ids, *answers))
+    header = header_length(tokenizer, text, render_prompt(tokenizer, context, needle.question, False), ids) if chat \
+        else 0
+    return TrialPrompt(ids=ids, span=locate_span(ids, *answers), header=header)

@@ -86,6 +86,7 @@ def calibrate_defaults(
     needles: Sequence[str] | None = None,
     references: bool = True,
     chat: bool = True,
+    question_window: bool = True,
     backend: str = "auto",
     log: str | Path | None = None,
     out: str | Path | None = None,
@@ -100,6 +101,8 @@ def calibrate_defaults(
         needles: ids of the calibration needles to use (`calibration_needles`; default all).
         references: also measure SnapKV at each kv_size and the full cache, for the sidecar's reference rows.
         chat: build prompts in the chat template (as `score-heads --chat` does and the engine runs by default).
+        question_window: score chat prompts with the window before the template's assistant header and keep the
+            header in every head, as the engine does by default (`compress.with_header`).
         log: the resumable results file of the measurements (None: in memory).
         out: the sidecar (default `engine/data/<model-slug>-defaults.json`).
 
@@ -128,16 +131,17 @@ def calibrate_defaults(
     if references:
         cells = [("full", None), *(("snapkv", k) for k in kv_sizes), *cells]
     scores = {kind: packaged_score_file(model, kind) for kind in ("retrieval", "reasoning")}
-    settings = {"model": model, "backend": backend, "chat": chat, "score_files": {
-        kind: None if path is None else hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-        for kind, path in scores.items()}}
+    score_hashes = {kind: None if path is None else hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+                    for kind, path in scores.items()}
+    settings = {"model": model, "backend": backend, "chat": chat, "question_window": question_window,
+                "score_files": score_hashes}
     wanted = [(*cell, *asdict(p).values()) for cell in cells for p in probes]
     with ResultStore(log, "calibrate-defaults", settings, KEY_FIELDS, wanted) as store:
         pending = {p: [c for c in cells if not store.done((*c, *asdict(p).values()))] for p in probes}
         pending = {p: todo for p, todo in pending.items() if todo}
         if pending:
             with torch.inference_mode():
-                _measure(model, backend, chat, store, pending, needles, progress)
+                _measure(model, backend, chat, question_window, store, pending, needles, progress)
         records = list(store.records)
 
     def reference(method: str, kv_size: int | None) -> list[float]:
@@ -160,6 +164,7 @@ def calibrate_defaults(
         "grid": {"methods": list(methods), "betas": list(betas), "kv_sizes": list(kv_sizes)},
         "data": {"needles": "engine/heads/needles.py: " + ", ".join(needles), "haystack": "engine/heads/haystack.py",
                  "lengths": list(lengths), "depths": list(depths), "chat_template": chat,
+                 "question_window": question_window,
                  "prompts": len(probes), "score_files_sha256_16": settings["score_files"]},
         "command": " ".join(["raggedkv", *sys.argv[1:]]) if Path(sys.argv[0]).name == "raggedkv" else " ".join(sys.argv),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -168,7 +173,8 @@ def calibrate_defaults(
     return sidecar
 
 
-def _measure(model: str, backend: str, chat: bool, store, pending: dict, needles: dict, progress: bool) -> None:
+def _measure(model: str, backend: str, chat: bool, question_window: bool, store, pending: dict, needles: dict,
+             progress: bool) -> None:
     """Teacher-force each pending probe's answer through its pending cells; store each probe's records."""
     import torch
     from tqdm.auto import tqdm
@@ -191,7 +197,8 @@ def _measure(model: str, backend: str, chat: bool, store, pending: dict, needles
             answer = engine.tokenizer(needle.answer, add_special_tokens=False)["input_ids"]
             run = list(todo)  # the first is the reference of `kl`, which calibration does not record
             measured = measure_prompt(model_runner, recorder, trial.ids, answer, trial.span,
-                                      [(built[m], k) for m, k in run], everywhere)
+                                      [(built[m], k) for m, k in run], everywhere,
+                                      trial.header if question_window else 0)
             by_cell = dict(zip(run, measured))
             store.add({"method": m, "kv_size": k, **asdict(probe), "answer_logprob": by_cell[m, k]["answer_logprob"],
                        "needle_kept": by_cell[m, k]["needle_kept"],

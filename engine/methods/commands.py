@@ -64,6 +64,9 @@ def _register_calibrate_defaults(subparsers: argparse._SubParsersAction) -> None
     defaults.add_argument("--no-references", action="store_true",
                           help="skip the SnapKV and full-cache reference rows (faster)")
     defaults.add_argument("--no-chat", action="store_true", help="do not use the chat template")
+    defaults.add_argument("--no-question-window", dest="question_window", action="store_false",
+                          help="score with the last prompt tokens instead of the window before the chat template's "
+                          "assistant header (the engine's default)")
     defaults.add_argument("--backend", default="auto", choices=("auto", "torch", "triton"), help="engine backend")
     defaults.add_argument("--log", type=Path, help="resumable measurements file "
                           "(default raggedkv-eval/calibrate-defaults-<model>.json)")
@@ -86,6 +89,7 @@ def run_calibrate_defaults(args: argparse.Namespace) -> int:
     sidecar = calibrate_defaults(args.model, methods=args.methods, betas=args.betas, kv_sizes=flat(args.kv_sizes),
                                  lengths=flat(args.lengths), depths=flat(args.depths), needles=args.needles,
                                  references=not args.no_references, chat=not args.no_chat,
+                                 question_window=args.question_window,
                                  backend=args.backend, log=log, out=args.out, progress=not args.no_progress)
     for method, chosen in sidecar["defaults"].items():
         print(f"{method}: beta by kv_size {chosen['beta']}")
