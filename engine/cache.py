@@ -9,6 +9,13 @@ rows, where `layer_total` is the row sum of `method.plan(...)` for that layer an
 before prefill. The split of a region between its heads may depend on the layer's window scores (`method.adapt`),
 so a region's `kv_indptr` entries are written when that layer of that sequence is packed (`pack`).
 
+A cache built with `reserve` (tensor parallelism, where a layer-wide `adapt` moves budget between ranks: see
+`parallel.RankSplitMethod.reserve`) sizes each region from an upper bound instead; `pack` then lays out segments whose
+budgets sum to at most that bound, and the unused rows stay at the end of the region. `kv_indptr` is one CSR array
+per layer (a sequence's last segment ends where the next region starts), so those spare rows fall inside the span
+of the region's last segment there; `kv_lens` and the host `capacities` describe the real segments, so the kernels
+read and the decode plan sizes only the segments' rows.
+
 Per layer, `kv_indptr` (`[batch * num_kv_heads + 1]` int32) and `kv_lens` (`[batch * num_kv_heads]` int32) are
 row views of `[num_layers, ...]` tensors, and offsets are relative to the layer's first row, so a layer is exactly
 the `(k_cache, v_cache, kv_indptr, kv_lens)` the kernels take (`layer(l)`).
@@ -39,7 +46,7 @@ class LayerCache(NamedTuple):
 class KVMemory:
     """Bytes of K and V together, int64 `[num_layers, batch]` each (host tensors).
 
-    allocated: rows reserved (kept prompt tokens plus decode headroom).
+    allocated: rows reserved (kept prompt tokens plus decode headroom, plus any spare rows of a `reserve`).
     valid: rows holding a token now.
     full: what an uncompressed cache would hold for the same sequences now (every prompt token in every head,
         plus the tokens appended so far).
@@ -68,6 +75,9 @@ class RaggedKVCache:
         headroom: rows reserved in every segment for generated tokens.
         dtype, device: of the K/V buffer.
         backend: the kernels that write it.
+        reserve: int64 `[num_layers, batch]` rows to reserve per (layer, sequence) for prefill tokens instead of
+            `layer_totals` (each entry >= its `layer_total`), or None for exactly `layer_totals`. With it, `pack`
+            accepts budgets summing to at most the reserve; without it, to exactly the layer total.
     """
 
     def __init__(
@@ -81,6 +91,7 @@ class RaggedKVCache:
         dtype: torch.dtype,
         device: torch.device,
         backend: Backend,
+        reserve: torch.Tensor | None = None,
     ) -> None:
         num_layers, batch = layer_totals.shape
         if len(prompt_lens) != batch:
@@ -90,7 +101,17 @@ class RaggedKVCache:
         self.prompt_lens = list(prompt_lens)
         self.backend = backend
 
-        region_rows = layer_totals.to(torch.int64).cpu() + num_kv_heads * headroom  # [L, B]
+        prefill_rows = layer_totals.to(torch.int64).cpu()
+        if reserve is not None:
+            reserve = reserve.to(torch.int64).cpu()
+            if reserve.shape != layer_totals.shape or bool((reserve < prefill_rows).any()):
+                raise ValueError(
+                    f"reserve must be int64 {tuple(layer_totals.shape)} with every entry >= its layer total "
+                    f"{prefill_rows.tolist()}, got {reserve.tolist()}"
+                )
+            prefill_rows = reserve
+        self.reserved = reserve is not None
+        region_rows = prefill_rows + num_kv_heads * headroom  # [L, B]
         self.region_rows = region_rows
         self.region_start = region_rows.cumsum(dim=1) - region_rows  # [L, B], relative to the layer's first row
         layer_rows = region_rows.sum(dim=1)
@@ -128,19 +149,22 @@ class RaggedKVCache:
 
         Args:
             budgets: int64 `[num_kv_heads]` host tensor, tokens each head keeps, window included; their sum must be
-                the layer total given at construction.
+                the layer total given at construction (with a `reserve`: at most the rows reserved).
             scores: fp32 `[num_kv_heads, n - w]` scores of the prefix tokens (the last `w` are the window).
             k_src, v_src: `[num_kv_heads, n, head_dim]` post-RoPE keys and values of the whole prompt.
         """
         window = k_src.shape[1] - scores.shape[1]
         heads = slice(seq * self.num_kv_heads, (seq + 1) * self.num_kv_heads)
         plan = plan_segments(budgets, self.headroom, start=int(self.region_start[layer, seq]), device=self.kv.device)
-        if plan.total_slots != int(self.region_rows[layer, seq]):
+        region = int(self.region_rows[layer, seq])
+        if plan.total_slots > region or (plan.total_slots != region and not self.reserved):
             raise ValueError(
                 f"layer {layer}: budgets sum to {int(budgets.sum())}, but the cache reserved "
-                f"{int(self.region_rows[layer, seq]) - self.num_kv_heads * self.headroom} rows for this layer"
+                f"{region - self.num_kv_heads * self.headroom} rows for this layer"
             )
-        self.kv_indptr[layer, seq * self.num_kv_heads : (seq + 1) * self.num_kv_heads + 1] = plan.kv_indptr
+        indptr = plan.kv_indptr.clone()
+        indptr[-1] = int(self.region_start[layer, seq]) + region  # spare rows (a reserve) end the last span
+        self.kv_indptr[layer, seq * self.num_kv_heads : (seq + 1) * self.num_kv_heads + 1] = indptr
         self.capacities[layer, heads] = budgets + self.headroom
         prefix = (budgets - window).to(device=self.kv.device, dtype=torch.int32)
         self.backend.select_and_pack(

@@ -155,7 +155,8 @@ class SequenceCompressor:
 
     def _checked(self, layer: int, budgets: torch.Tensor, planned: torch.Tensor, n: int, window: int) -> torch.Tensor:
         name = type(self.method).__name__
-        if budgets.shape != planned.shape or int(budgets.sum()) != int(planned.sum()):
+        # a cache with a reserve (tensor parallelism) takes a rank's share of a layer-wide adapt, up to the reserve
+        if budgets.shape != planned.shape or (int(budgets.sum()) != int(planned.sum()) and not self.cache.reserved):
             raise ValueError(
                 f"{name}.adapt changed layer {layer}'s budgets from {planned.tolist()} to {budgets.tolist()}: the "
                 "shape and the sum must stay the same"

@@ -12,8 +12,12 @@ rank's view:
   shape, optionally rank-balanced by `parallel_budgets.balance_ranks`) and hands the engine the rank's slice, so
   every rank's cache is sized from its own heads. Adaptive methods see the whole layer: `adapt` all-gathers the
   layer's window scores from every rank (one collective per layer at prefill, none per decode step), runs the
-  inner `adapt` on all heads and keeps each rank's planned total (the ragged cache sizes a rank's region before
-  prefill), then returns the rank's slice. Scorings shared across heads (CompressKV) are summed over every rank's
+  inner `adapt` on all heads and returns the rank's slice, so every head keeps exactly the single-process budget.
+  A rank's total then depends on scores it sees only at prefill, while its cache regions are sized before, so
+  `reserve` gives each (layer, sequence) region rows for any outcome (`parallel_budgets.adapted_rank_bound`; the
+  spare rows stay unused: up to TP size x the compressed KV of that method, reported as allocated bytes). With
+  `rank_balance`, the adapted budgets are instead moved back to each rank's planned (balanced) total, so the
+  ranks stay balanced and nothing is reserved. Scorings shared across heads (CompressKV) are summed over every rank's
   heads, in place, so the selection that follows uses the layer's shared row. With `rank=None` the wrapper runs
   the same arithmetic for all ranks in one process, which is what a single-process reference of a TP run is.
 * `gather_prefill_stats`: the kept budgets and KV bytes of all ranks, so every rank reports the whole model.
@@ -33,6 +37,7 @@ from .cache import KVMemory
 from .methods import Method, ModelShape
 from .models import model_shape
 from .parallel_budgets import (
+    adapted_rank_bound,
     balance_ranks,
     check_heads_split,
     check_rank_balance,
@@ -182,15 +187,36 @@ class RankSplitMethod(Method):
     def adapt(self, layer: int, budgets: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         if self.scoring.share_across_heads and self.rank is not None:
             dist.all_reduce(scores, group=self.group)  # each rank's row summed over its heads -> the layer's row
-        if type(self.inner).adapt is Method.adapt:
+        if not self._adaptive():
             return budgets
         # the engine adapts only layers it compresses, so the prompt is longer than the kept tail (window + header)
         tail = self.scoring.window
         prompt_len = scores.shape[1] + tail
         planned, layer_scores = self._gather(budgets, scores)
         adapted = self._inner().adapt(layer, planned.to(budgets.device), layer_scores).to(torch.int64).cpu()
-        kept = fit_rank_totals(adapted, rank_totals(planned, self.size), tail, prompt_len)
-        return kept[self.kv_heads].to(budgets.device)
+        if int(adapted.sum()) != int(planned.sum()):
+            raise ValueError(f"{self.inner.label}.adapt changed layer {layer}'s total from {int(planned.sum())} to "
+                             f"{int(adapted.sum())}; it must stay the same")
+        if self.rank_balance is not None:
+            adapted = fit_rank_totals(adapted, rank_totals(planned, self.size), tail, prompt_len)
+        return adapted[self.kv_heads].to(budgets.device)
+
+    def reserve(self, prompt_len: int, kv_size: int | None) -> torch.Tensor | None:
+        """int64 `[num_layers]`: rows this rank's region of each layer must hold for any outcome of the layer-wide
+        `adapt` (`parallel_budgets.adapted_rank_bound`, Ada-SnapKV's own arithmetic where it applies), or None
+        when the rank's planned totals are final: a method without `adapt`, `rank_balance` (totals moved back to
+        the plan), `rank=None`, or nothing compressed. Call it on the view `plan_budgets` planned with (the window
+        grown by the prompt's header: `compress.with_header`)."""
+        if self.rank is None or self.rank_balance is not None or not self._adaptive():
+            return None
+        if kv_size is None or kv_size >= prompt_len:
+            return None
+        planned = self._inner().plan(self.global_shape, prompt_len, kv_size).to(torch.int64).cpu()
+        low = min(self.scoring.window, prompt_len)
+        alpha = getattr(self.inner, "alpha", None) if self.inner.name == "ada-snapkv" else None
+        if getattr(self.inner, "faithful", False):
+            alpha = None  # the published rounding: only the generic bound holds
+        return adapted_rank_bound(planned, self.size, self.rank, low, prompt_len, alpha)
 
     def qo_head_weights(self, layer: int) -> torch.Tensor | None:
         weights = self.inner.qo_head_weights(layer)
@@ -204,9 +230,13 @@ class RankSplitMethod(Method):
         view.scoring = self.scoring
         return view
 
+    def _adaptive(self) -> bool:
+        """Whether the inner method moves budget between heads once the scores are known."""
+        return type(self.inner).adapt is not Method.adapt
+
     def _communicates(self) -> bool:
         """Whether `adapt` runs a collective (then every rank must reach it, layer for layer)."""
-        return self.rank is not None and (self.scoring.share_across_heads or type(self.inner).adapt is not Method.adapt)
+        return self.rank is not None and (self.scoring.share_across_heads or self._adaptive())
 
     def _gather(self, budgets: torch.Tensor, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(int64 `[num_kv_heads]` planned budgets, fp32 `[num_kv_heads, candidates]` scores) of the whole layer, in

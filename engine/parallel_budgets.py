@@ -131,3 +131,29 @@ def balance_ranks(budgets: torch.Tensor, size: int, epsilon: float, low: int, hi
         targets = fill_to_total(start, layer_total, cap, importance)
         out[layer] = fit_rank_totals(budgets[layer], targets, low, high)
     return out
+
+
+def adapted_rank_bound(planned: torch.Tensor, size: int, rank: int, low: int, high: int,
+                       alpha: float | None = None) -> torch.Tensor:
+    """int64 `[num_layers]`: the most tokens rank `rank`'s heads can hold after a layer-wide `adapt` that keeps each
+    layer's total and every head in `[low, high]`, from the whole model's planned budgets int64
+    `[num_layers, num_kv_heads]`; never below the rank's planned total.
+
+    Any such `adapt`: the layer total less the other ranks' heads' `low` each, at most `high` per head. With
+    `alpha` (Ada-SnapKV's non-faithful arithmetic, `adakv.ada_capacities`): head `h` gets `c_h * (1 - alpha) +
+    alpha * T / H` selected tokens rounded up or down (`T`: the layer's selected tokens, `c_h`: its share of the
+    layer's top `T`, at most `candidates = high - low` per head), so the rank's heads hold at most their `low` each
+    plus `(1 - alpha) * min(T, heads * candidates) + alpha * T * heads / H`, rounded up, plus one per head.
+    """
+    num_layers, num_heads = planned.shape
+    heads = rank_heads(num_heads, size, rank)
+    per_rank = heads.stop - heads.start
+    layer_totals = planned.to(torch.int64).sum(dim=1)
+    bound = torch.clamp(layer_totals - (num_heads - per_rank) * low, max=per_rank * high)
+    if alpha is not None:
+        candidates = high - low
+        selected = (layer_totals - num_heads * low).to(torch.float64)
+        pooled = (1 - alpha) * selected.clamp(max=per_rank * candidates) + alpha * selected * per_rank / num_heads
+        ada = per_rank * low + (pooled.ceil().to(torch.int64) + per_rank).clamp(max=per_rank * candidates)
+        bound = torch.minimum(bound, ada)
+    return torch.maximum(bound, planned[:, heads].to(torch.int64).sum(dim=1))

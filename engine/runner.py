@@ -25,7 +25,7 @@ from transformers import PreTrainedModel
 
 from .backend import Backend
 from .cache import KVMemory, RaggedKVCache
-from .compress import SequenceCompressor, plan_budgets
+from .compress import SequenceCompressor, plan_budgets, with_header
 from .cuda_graph import GRAPH, DecodeGraph, decode_mode
 from .hf import ATTENTION_NAME, RaggedHFCache
 from .methods import Method
@@ -188,8 +188,14 @@ class ModelRunner:
         for this rank's heads of budgets planned for the whole model). `prefill` and `raggedkv.compressed` use it."""
         methods = [self.parallel.split(v.method) if self.parallel else v.method for v in variants]
         plans = [plan_budgets(m, self.shape, n, v.kv_size, v.header) for m, v, n in zip(methods, variants, lens)]
+        totals = torch.stack([plan.sum(dim=1) for plan in plans], dim=1)
+        reserves = [with_header(m, v.header).reserve(n, v.kv_size) if self.parallel else None
+                    for m, v, n in zip(methods, variants, lens)]  # room for a layer-wide adapt (`parallel.py`)
+        reserve = None
+        if any(r is not None for r in reserves):
+            reserve = torch.stack([t if r is None else r for t, r in zip(totals.unbind(dim=1), reserves)], dim=1)
         cache = RaggedKVCache(
-            torch.stack([plan.sum(dim=1) for plan in plans], dim=1),
+            totals,
             lens,
             num_kv_heads=self.shape.num_kv_heads,
             head_dim=self.shape.head_dim,
@@ -197,6 +203,7 @@ class ModelRunner:
             dtype=self.model.dtype,
             device=self.device,
             backend=self.backend,
+            reserve=reserve,
         )
         compressors = [SequenceCompressor(m, plan, cache, seq, v.header)
                        for seq, (m, v, plan) in enumerate(zip(methods, variants, plans))]

@@ -51,6 +51,7 @@ def prompts() -> list[list[int]]:
 def record(results) -> list[dict]:
     """What the test compares: each sequence's tokens and the stats that cover every rank."""
     return [{"tokens": r.token_ids, "kept": r.stats.kept_tokens, "kv_bytes_kept": r.stats.kv_bytes_kept,
+             "kv_bytes_allocated": r.stats.kv_bytes_allocated,
              "rank_kept_tokens": r.stats.rank_kept_tokens, "slowest_rank_factor": r.stats.slowest_rank_factor,
              "tensor_parallel": r.stats.tensor_parallel} for r in results]
 

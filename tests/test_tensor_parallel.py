@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,10 +19,11 @@ import torch
 
 from raggedkv.engine import Engine
 from raggedkv.engine.methods import METHODS, get_method
-from raggedkv.engine.methods.base import Method, ModelShape
+from raggedkv.engine.methods.base import ModelShape
 from raggedkv.engine.models import load_model
 from raggedkv.engine.parallel import RankSplitMethod, TensorParallel
 from raggedkv.engine.parallel_budgets import (
+    adapted_rank_bound,
     balance_ranks,
     fit_rank_totals,
     rank_heads,
@@ -93,17 +95,22 @@ def compare(tp_runs: list[dict], reference: list[dict]) -> None:
 
 @pytest.mark.parametrize("family", worker.MODELS)
 def test_every_method_gives_the_single_process_tokens(tp_report, models_dir, family):
-    """Non-adaptive methods equal the plain single-process run; Ada-SnapKV (whose adapt moves budget between
-    heads) equals the single-process run of the same rank-split arithmetic (each rank keeps its planned total)."""
+    """Every method, Ada-SnapKV's layer-wide adapt included, equals the plain single-process run; only Ada-SnapKV's
+    regions hold spare rows (its reserve), so only it allocates more than one process does."""
     runs = tp_report[family]
-    shape = ModelShape(2, 8, 4, 16)
     for method in sorted(METHODS):
-        built = worker.build_method(method, models_dir)
-        adaptive = type(built).adapt is not Method.adapt
-        reference = RankSplitMethod(built, shape, TP_SIZE, None) if adaptive else built
-        compare(runs[method], single_process(models_dir, family, reference))
+        reference = single_process(models_dir, family, worker.build_method(method, models_dir))
+        compare(runs[method], reference)
+        allocated = [run["kv_bytes_allocated"] for run in runs[method]]
+        expected = [run["kv_bytes_allocated"] for run in reference]
+        if method == "ada-snapkv":
+            assert all(e < a <= TP_SIZE * e for a, e in zip(allocated, expected))
+        else:
+            assert allocated == expected
     kept = torch.tensor(runs["headkv-r"][0]["kept"])
     assert slowest_rank_factor(kept, TP_SIZE) > 1.05  # the skewed scores do unbalance the ranks
+    kept = torch.tensor(runs["ada-snapkv"][0]["kept"])
+    assert not torch.equal(rank_totals(kept, TP_SIZE), rank_totals(torch.full_like(kept, worker.KV_SIZE), TP_SIZE))
 
 
 def test_rank_balance_run_and_agreement_between_ranks(tp_report, models_dir):
@@ -199,15 +206,54 @@ def test_rank_split_slices_of_all_ranks_make_the_whole_plan(tmp_path):
             assert torch.equal(torch.cat([r.qo_head_weights(1) for r in ranks]), weights)
 
 
-def test_adapt_keeps_each_rank_total():
-    """Ada-SnapKV split over ranks: its layer-wide adapt, then each rank back to its planned total."""
+def test_rank_balance_adapt_keeps_each_rank_total():
+    """Ada-SnapKV with rank_balance: its layer-wide adapt, then each rank back to its planned (balanced) total."""
     shape = ModelShape(1, 8, 4, 16)
-    method = RankSplitMethod(get_method("ada-snapkv"), shape, 2, None)
+    method = RankSplitMethod(get_method("ada-snapkv"), shape, 2, None, rank_balance=0.0)
     planned = method.plan(shape, 60, 16)[0]
     scores = torch.rand(4, 52) ** 4
     adapted = method.adapt(0, planned, scores)
     assert rank_totals(adapted, 2).tolist() == rank_totals(planned, 2).tolist()
     assert int(adapted.min()) >= 8 and int(adapted.max()) <= 60
+
+
+@pytest.mark.parametrize("faithful", [False, True])
+def test_reserve_holds_every_adapted_rank_total(faithful):
+    """The reserve (Ada-SnapKV's arithmetic; the generic bound when faithful) is never below what the layer-wide
+    adapt gives a rank, over random skewed scores and several shapes, and never above the layer's total."""
+    method = get_method("ada-snapkv", faithful=faithful)
+    for kv_heads, size, prompt_len, kv_size, window in [(4, 2, 60, 16, 8), (8, 4, 200, 40, 8), (6, 3, 33, 12, 5),
+                                                        (8, 2, 90, 9, 8), (12, 3, 400, 128, 16)]:
+        method.scoring = replace(method.scoring, window=window)
+        shape = ModelShape(2, 2 * kv_heads, kv_heads, 16)
+        whole = RankSplitMethod(method, shape, size, None)
+        planned = whole.plan(shape, prompt_len, kv_size)
+        ranks = [RankSplitMethod(method, shape, size, rank) for rank in range(size)]
+        reserves = torch.stack([r.reserve(prompt_len, kv_size) for r in ranks], dim=1)  # [L, size]
+        assert bool((reserves >= rank_totals(planned, size)).all())
+        assert bool((reserves <= planned.sum(dim=1, keepdim=True)).all())
+        most = torch.zeros_like(reserves)
+        for _ in range(40):
+            skew = float(torch.empty(()).uniform_(1, 12))
+            for layer in range(2):
+                scores = torch.rand(kv_heads, prompt_len - window) ** skew
+                scores[torch.randint(kv_heads, ())] *= float(torch.empty(()).uniform_(1, 50))  # one loud head
+                adapted = whole.adapt(layer, planned[layer], scores)
+                most[layer] = torch.maximum(most[layer], rank_totals(adapted, size))
+        assert bool((most <= reserves).all()), (most.tolist(), reserves.tolist())
+    assert RankSplitMethod(get_method("snapkv"), ModelShape(1, 8, 4, 16), 2, 0).reserve(60, 16) is None
+    assert RankSplitMethod(method, ModelShape(1, 8, 4, 16), 2, 0).reserve(60, 60) is None
+    assert RankSplitMethod(method, ModelShape(1, 8, 4, 16), 2, 0, rank_balance=0.1).reserve(60, 16) is None
+
+
+def test_reserve_bound_arithmetic():
+    """Hand-checked: 4 heads of 24 (window 8, prompt 60), alpha 0.2, 2 ranks: T = 64 selected tokens; a rank's
+    heads get at most 0.8 * 64 + 0.2 * 64 / 2 = 57.6 -> 58, + 2 rounding, + 16 window rows = 76; the generic
+    bound is 96 - 16 = 80."""
+    planned = torch.full((1, 4), 24)
+    assert adapted_rank_bound(planned, 2, 1, 8, 60, 0.2).tolist() == [76]
+    assert adapted_rank_bound(planned, 2, 1, 8, 60).tolist() == [80]
+    assert adapted_rank_bound(planned, 2, 0, 8, 30, 0.2).tolist() == [60]  # capped at 2 heads x 22 candidates
 
 
 def test_refusals(tmp_path, monkeypatch):
