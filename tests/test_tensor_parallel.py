@@ -69,6 +69,16 @@ def tp_report(models_dir) -> dict:
     return json.loads(out.read_text())
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """The tiny models' references on one intra-op thread: torch's thread pool on a shared, loaded CPU made
+    them 60x slower (20 s against 0.3 s per model)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @functools.cache
 def loaded(folder: Path):
     """(model, tokenizer) of a saved tiny model, loaded once per test session."""
