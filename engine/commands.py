@@ -25,6 +25,17 @@ def positive_int(text: str) -> int:
     return int(text)
 
 
+def non_negative_float(text: str) -> float:
+    """`text` as a finite float >= 0 (for --rank-balance)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text!r}")
+    return value
+
+
 def key_value(text: str) -> tuple[str, str]:
     """Parse NAME=VALUE (a --param)."""
     name, sep, value = text.partition("=")
@@ -78,7 +89,7 @@ def check_score_files(method: str, paths: dict[str, Path | None]) -> None:
 
 def add_model_flags(parser: argparse.ArgumentParser) -> None:
     """The flags of `Engine.from_pretrained` other than the method: model, score files, backend, CUDA-graph decode,
-    device, dtype, threads."""
+    device, dtype, threads, tensor parallelism and its rank balance."""
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help=f"{DEFAULT_MODEL!r}, a local HF folder or a Hub id in the local HF cache")
     parser.add_argument("--head-scores", type=Path, metavar="PATH",
@@ -92,6 +103,12 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=DTYPE_CHOICES, default=None,
                         help="weights' dtype (default: bfloat16 on CUDA, float32 elsewhere)")
     parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--tp-plan", choices=("auto",), default=None,
+                        help="tensor parallelism over the ranks of `torchrun --nproc-per-node N raggedkv ...` (each "
+                             "rank holds its KV heads; every rank prints the same results; default: one device)")
+    parser.add_argument("--rank-balance", type=non_negative_float, default=None, metavar="EPSILON",
+                        help="with --tp-plan: cap each rank's KV per layer at (1 + EPSILON) x the mean "
+                             "(default: the method's budgets)")
 
 
 def add_prompt_flags(parser: argparse.ArgumentParser) -> None:
@@ -186,7 +203,8 @@ def run_generate(args: argparse.Namespace) -> int:
     prompt_text = read_prompt(args)
     set_threads(args)
     engine = Engine.from_pretrained(args.model, method=args.method, head_scores=args.head_scores, device=args.device,
-                                    dtype=args.dtype, backend=args.backend, cuda_graph=args.cuda_graph, **params)
+                                    dtype=args.dtype, backend=args.backend, cuda_graph=args.cuda_graph,
+                                    tp_plan=args.tp_plan, rank_balance=args.rank_balance, **params)
     result = engine.generate(prompt_text, kv_size=args.kv_size, **sampling_kwargs(args))
     if args.json:
         print(json.dumps(result_json(result), indent=2))
@@ -232,7 +250,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     prompt_text = read_prompt(args)
     set_threads(args)
     engine = Engine.from_pretrained(args.model, device=args.device, dtype=args.dtype, backend=args.backend,
-                                    cuda_graph=args.cuda_graph)
+                                    cuda_graph=args.cuda_graph, tp_plan=args.tp_plan, rank_balance=args.rank_balance)
     model_name = engine.model.name_or_path or None
     variants = [(get_method(method, model_name=model_name, **files) if files else method, kv_size)
                 for (method, files), kv_size in pairs]

@@ -115,3 +115,59 @@ def test_reset_empties_segments_and_keeps_layout():
     cache.reset()
     assert cache.kv_lens.eq(0).all() and cache.decode_steps == 0 and torch.equal(cache.kv_indptr, indptr)
     assert int(cache.memory().valid.sum()) == 0
+
+
+def test_pack_with_a_reserve_lays_segments_at_the_start_and_kernels_read_only_them():
+    """A reserved region (tensor parallelism): budgets summing below the reserve fill the front of the region; the
+    spare rows stay untouched, kv_lens/capacities describe the real segments, and decode attention (the torch
+    reference and the Triton kernel) reads only them: NaN in the spare rows changes nothing."""
+    from raggedkv.kernels import ragged_decode_attention
+
+    reserve = [[9 + 5, 7 + 4]]
+    cache = RaggedKVCache(torch.tensor([[9, 7]]), [7, 7], num_kv_heads=HEADS, head_dim=DIM, headroom=HEADROOM,
+                          dtype=torch.float32, device=torch.device("cpu"), backend=TORCH_BACKEND,
+                          reserve=torch.tensor(reserve))
+    assert cache.region_rows.tolist() == [[14 + HEADS * HEADROOM, 11 + HEADS * HEADROOM]]
+    cache.kv.fill_(float("nan"))
+    budgets = {1: [6, 5], 0: [3, 4]}  # 11 of 11 reserved rows, then 7 of 14; seq 1 first
+    packed = {seq: _pack(cache, 0, seq, b, 7, 2) for seq, b in budgets.items()}
+    layer = cache.layer(0)
+    starts = cache.region_start[0].tolist()
+    assert layer.kv_indptr.tolist() == [starts[0], starts[0] + 3 + HEADROOM, starts[1],  # seq 0's spare in its last span
+                                        starts[1] + 6 + HEADROOM, starts[1] + 11 + 2 * HEADROOM]
+    assert layer.kv_lens.tolist() == [3, 4, 6, 5]
+    assert cache.capacities[0].tolist() == [b + HEADROOM for seq in (0, 1) for b in budgets[seq]]
+    written = torch.zeros(cache.kv.shape[1], dtype=torch.bool)
+    for s in range(2 * HEADS):
+        written[int(layer.kv_indptr[s]) : int(layer.kv_indptr[s]) + int(layer.kv_lens[s])] = True
+    assert cache.kv[:, ~written].isnan().all() and not cache.kv[:, written].isnan().any()
+    memory = cache.memory()
+    assert memory.allocated.tolist() == [[(14 + 6) * cache.row_bytes, (11 + 6) * cache.row_bytes]]
+    assert memory.valid.tolist() == [[7 * cache.row_bytes, 11 * cache.row_bytes]]
+
+    q = torch.randn(2, 2 * HEADS, DIM)
+    expected = torch.empty(2, 2 * HEADS, DIM, dtype=torch.float64)
+    for seq in (0, 1):
+        for qo in range(2 * HEADS):
+            s = seq * HEADS + qo // 2
+            rows = slice(int(layer.kv_indptr[s]), int(layer.kv_indptr[s]) + int(layer.kv_lens[s]))
+            keys, values = layer.k_cache[rows].double(), layer.v_cache[rows].double()
+            weights = torch.softmax(keys @ q[seq, qo].double() / DIM**0.5, dim=0)
+            expected[seq, qo] = weights @ values
+    for attend in (TORCH_BACKEND.ragged_decode_attention, ragged_decode_attention):
+        out = attend(q, *layer)
+        torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_pack_without_a_reserve_needs_the_exact_total_and_a_reserve_caps_it():
+    with pytest.raises(ValueError, match="budgets sum to 9, but the cache reserved 8 rows"):
+        _pack(_cache([[8]], [10]), 0, 0, [4, 5], 10, 2)
+    reserved = RaggedKVCache(torch.tensor([[6]]), [10], num_kv_heads=HEADS, head_dim=DIM, headroom=HEADROOM,
+                             dtype=torch.float32, device=torch.device("cpu"), backend=TORCH_BACKEND,
+                             reserve=torch.tensor([[8]]))
+    with pytest.raises(ValueError, match="budgets sum to 9, but the cache reserved 8 rows"):
+        _pack(reserved, 0, 0, [4, 5], 10, 2)
+    with pytest.raises(ValueError, match="every entry >= its layer total"):
+        RaggedKVCache(torch.tensor([[6]]), [10], num_kv_heads=HEADS, head_dim=DIM, headroom=HEADROOM,
+                      dtype=torch.float32, device=torch.device("cpu"), backend=TORCH_BACKEND,
+                      reserve=torch.tensor([[5]]))

@@ -41,7 +41,8 @@ def test_generate_defaults_are_the_apis():
     cli_defaults = generate_defaults()
     for name in ("kv_size", "max_new_tokens", "temperature", "top_p", "seed", "chat_template"):
         assert cli_defaults[name] == api_default(Engine.generate, name), name
-    for name in ("model", "method", "head_scores", "device", "dtype", "backend", "cuda_graph"):
+    for name in ("model", "method", "head_scores", "device", "dtype", "backend", "cuda_graph", "tp_plan",
+                 "rank_balance"):
         assert cli_defaults[name] == api_default(Engine.from_pretrained, name), name
 
 
@@ -50,7 +51,7 @@ def test_sweep_defaults_are_the_apis():
     cli_defaults = vars(parser.parse_args(["sweep", "--prompt", "x", "--methods", "snapkv", "--kv-sizes", "8"]))
     for name in ("max_new_tokens", "temperature", "top_p", "seed", "chat_template"):
         assert cli_defaults[name] == api_default(Engine.sweep, name), name
-    for name in ("model", "head_scores", "device", "dtype", "backend", "cuda_graph"):
+    for name in ("model", "head_scores", "device", "dtype", "backend", "cuda_graph", "tp_plan", "rank_balance"):
         assert cli_defaults[name] == api_default(Engine.from_pretrained, name), name
 
 
@@ -156,6 +157,9 @@ def test_threads_sets_torch_threads(model_dir, capsys):
                                         "['compresskv'] do"),
     (["--method", "nope"], "--method 'nope' is unknown"),
     (["--threads", "0"], "--threads: must be an int >= 1, got '0'"),
+    (["--rank-balance", "-0.5"], "--rank-balance: must be a finite number >= 0, got '-0.5'"),
+    (["--tp-plan", "manual"], "--tp-plan: invalid choice: 'manual'"),
+    (["--rank-balance", "0.1"], "rank_balance=0.1 needs a tensor-parallel model"),  # reaches from_pretrained
     (["--param", "window"], "'window' is not NAME=VALUE"),
 ])
 def test_bad_flags_exit_with_a_message_in_cli_terms(model_dir, capsys, flags, message):
