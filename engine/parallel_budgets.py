@@ -3,7 +3,8 @@
 Under tensor parallelism (`parallel.py`) rank `r` of `size` holds the contiguous block of KV heads
 `[r * H / size, (r + 1) * H / size)` of every layer (transformers' column-wise `k_proj`/`v_proj` split, as
 `transformers.distributed.tensor_parallel.get_kv_heads_per_rank` sizes it). Each rank's ragged cache is sized before
-prefill, so a rank's total per layer is fixed then; a decode step waits for the rank with the most KV in each layer.
+prefill, so a rank's total per layer is fixed then, or bounded by a reserve where a layer-wide `adapt` can move
+budget across ranks (`adapted_rank_bound`); a decode step waits for the rank with the most KV in each layer.
 
 Pure functions over int64 CPU tensors; nothing here communicates.
 """
