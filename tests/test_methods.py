@@ -416,10 +416,12 @@ def test_cli_methods_lists_every_method_and_its_defaults(capsys):
     out = capsys.readouterr().out
     for name in METHODS:
         assert f"\n{name} " in f"\n{out}"
-    assert "beta=1.01" in out and "alpha=0.2" in out and "sinks=4" in out and "first_k=4" in out
+    assert "beta=None" in out and "alpha=0.2" in out and "sinks=4" in out and "first_k=4" in out
     lines = [" ".join(line.split()) for line in out.splitlines()]
     for shown in ["pool_size=7 an odd int >= 1", "pool='max' one of ['max', 'avg']", "beta=20.0 a finite number >= 1",
-                  "alpha=0.2 a finite number in [0, 1]", "faithful=False True or False", "sinks=4 an int >= 0",
+                  "alpha=0.2 a finite number in [0, 1]",
+                  "beta=None a finite number >= 1; None: calibrated per kv_size from engine/data/<model>-defaults.json "
+                  "(the value of the largest calibrated kv_size at or below, else the smallest's), 1.01 without one", "faithful=False True or False", "sinks=4 an int >= 0",
                   "head_scores=None a score file of kind 'reasoning' (a path or dict); None: the packaged one for "
                   "the model"]:
         assert shown in lines, shown
