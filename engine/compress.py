@@ -2,7 +2,7 @@
 
 The question-aware window. A prompt built with a chat template ends with the template's assistant header (the
 end-of-turn tokens after the user's text plus the tokens `add_generation_prompt=True` adds, `h` of them:
-`template.header_length`). Scoring with the last `w` prompt tokens would then score with template tokens that never
+`chat_header.header_length`). Scoring with the last `w` prompt tokens would then score with template tokens that never
 see the question. With `header = h > 0` the `w` queries just before the header (the end of the user's text) score
 the keys before the header, and every head keeps the header and those `w` queries as its tail of `w + h` tokens:
 the header tokens are not prompt tokens to select. `kv_size` counts every kept token, header included, so every
