@@ -35,7 +35,7 @@ from .checks import check_kv_size, check_prompt_ids, check_sampling, check_text_
 from .hf import ATTENTION_NAME
 from .models import attention_implementation
 from .outputs import GenerationResult
-from .runner import Decoded, ModelRunner, Prefilled, SamplingParams, Variant, synchronize
+from .runner import EOS_CHECK_EVERY_CUDA, Decoded, ModelRunner, Prefilled, SamplingParams, Variant, synchronize
 from .sampling import sample
 
 _CUT = "\x00raggedkv-context-end\x00"  # marks the end of the context in the templated text
@@ -129,20 +129,21 @@ def answer_questions(
     for row, ids in enumerate(question_ids):
         forced[row, : len(ids)] = torch.tensor(ids, device=device)
     answers = torch.zeros(len(question_ids), max_new, dtype=torch.int64, device=device)
-    rows = torch.arange(len(question_ids), device=device)
     eos = torch.tensor(runner.eos_ids, dtype=torch.int64, device=device)
     finished = torch.zeros(len(question_ids), dtype=torch.bool, device=device)
     inputs = runner.step_inputs(state, forced[:, 0])
     capture_seconds = runner.prepare(state, inputs)  # graph mode: capture the step before the timer
+    check_every = EOS_CHECK_EVERY_CUDA if device.type == "cuda" else 1
     start, steps = time.perf_counter(), 0
     for step in range(longest - 1 + max_new):
         answer_index = step - (lens - 1)  # [batch]: which answer token this step's logits give (< 0: none yet)
-        if bool((finished | (answer_index >= max_new)).all()):
+        if step % check_every == 0 and bool((finished | (answer_index >= max_new)).all()):
             break
         logits = runner.advance(state, inputs)
         sampled = sample(logits, sampling.temperature, sampling.top_p, generator)
         answering = (answer_index >= 0) & (answer_index < max_new) & ~finished
-        answers[rows[answering], answer_index[answering]] = sampled[answering]
+        column = answer_index.clamp(0, max_new - 1)[:, None]  # written only where answering: no device read
+        answers.scatter_(1, column, torch.where(answering[:, None], sampled[:, None], answers.gather(1, column)))
         finished |= answering & torch.isin(sampled, eos)
         next_forced = forced[:, min(step + 1, longest - 1)]
         inputs.tokens.copy_(torch.where(step + 1 < lens, next_forced, sampled)[:, None])
