@@ -181,7 +181,7 @@ def test_the_question_window_reaches_the_measurement_and_the_settings(tiny_model
     measure = fidelity_module.measure_prompt
 
     def recording(*args):
-        headers.append(args[-1])
+        headers.append(args[7])  # measure_prompt(runner, recorder, ids, answer, needle, variants, top_heads, header, ..)
         return measure(*args)
 
     monkeypatch.setattr(fidelity_module, "measure_prompt", recording)
@@ -189,3 +189,33 @@ def test_the_question_window_reaches_the_measurement_and_the_settings(tiny_model
     run_fidelity(model=tiny_model, out=out, question_window=question_window, **{**GRID, "facts": 1})
     assert headers and all((header > 0) == question_window for header in headers)
     assert json.loads(out.read_text())["settings"]["question_window"] is question_window
+
+
+def test_the_question_agnostic_setting_compresses_the_context_alone(tiny_model, tmp_path, monkeypatch):  # noqa: F811
+    """The compressed ids end with the diary, the question and assistant header are fed after compression, and the
+    full cache (nothing compressed) scores the answer as the question-aware setting does: same text, same tokens."""
+    from raggedkv.engine import Engine
+
+    tokenizer = Engine.from_pretrained(tiny_model, backend="torch").tokenizer
+    calls = []
+    measure = fidelity_module.measure_prompt
+
+    def recording(*args):
+        calls.append(args)
+        return measure(*args)
+
+    monkeypatch.setattr(fidelity_module, "measure_prompt", recording)
+    grid = {**GRID, "facts": 1}
+    agnostic = run_fidelity(model=tiny_model, out=tmp_path / "agnostic.json", question_agnostic=True, **grid)
+    aware = run_fidelity(model=tiny_model, out=tmp_path / "aware.json", **grid)
+    (ids, header, suffix), (aware_ids, aware_header, aware_suffix) = [(c[2], c[7], c[8]) for c in calls]
+    assert header == 0 and aware_header > 0 and list(aware_suffix) == []
+    assert tokenizer.decode(ids).rstrip().endswith("</diary>")
+    question = tokenizer.decode(suffix)
+    assert FACTS[0].question in question and "Answer:" in question
+    assert list(ids) + list(suffix) == list(aware_ids)  # the split is at a token boundary of the same text
+    full = [{r["method"]: r["answer_logprob"] for r in result.records} for result in (agnostic, aware)]
+    assert full[0]["full"] == pytest.approx(full[1]["full"], abs=1e-3)
+    assert full[0]["snapkv"] != full[1]["snapkv"]  # the window saw the diary's end, not the question
+    assert json.loads((tmp_path / "agnostic.json").read_text())["settings"]["question_agnostic"] is True
+    assert "question-agnostic" in agnostic.table and "question-aware" in aware.table

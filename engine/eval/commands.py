@@ -138,6 +138,7 @@ def _fidelity_kwargs(args: argparse.Namespace) -> dict:
         "facts": args.facts,
         "baseline": args.baseline,
         "top_heads": args.top_heads,
+        "question_agnostic": args.question_agnostic,
     }
 
 
@@ -152,6 +153,9 @@ def _fidelity_parser(parser: argparse.ArgumentParser) -> None:
                         help="method (as spelled in --methods) the paired differences are taken against (snapkv)")
     parser.add_argument("--top-heads", type=float, default=0.1,
                         help="fraction of KV heads, by Retrieval score, for the top-heads needle-kept share (0.1)")
+    parser.add_argument("--question-agnostic", action="store_true",
+                        help="compress the diary alone and ask the question of the compressed cache (the setting of "
+                        "`generate --question`); default: the whole prompt, question included, is compressed")
 
 
 def _report(result) -> int:

@@ -8,6 +8,13 @@ with the full cache, and the share of the needle's token positions kept, over al
 of the model's packaged Retrieval score file (method-independent). Summaries give standard errors clustered by
 fact and paired differences against a baseline method (`fidelity_stats.py`); results go to a resumable JSON file
 (the eval results-file conventions: atomic writes, resume, merge) with a plot next to it.
+
+Two settings. Question-aware (the default): the whole prompt, question included, is compressed, and with the chat
+template the observation window is the end of the user turn (the question). Question-agnostic
+(`question_agnostic=True`, the kvpress convention of `Engine.generate(context, questions=...)`): only the context
+(`CONTEXT_TEMPLATE`: the diary and what introduces it) is compressed, its window sees no question, and the question
+(`QUESTION_TEMPLATE` and the template's assistant header) is fed through each compressed cache before the answer,
+split as `questions.encode_context_and_questions` splits it.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from ..heads.prompt import locate_span
 from ..methods.head_scores import ScoreSource, packaged_score_file, read_head_scores
 from .fidelity_measure import KeptPositions, measure_prompt
 from .fidelity_plot import plot_fidelity
-from .fidelity_prompts import FACTS, FIDELITY_VERSION, TEMPLATE, diary_sentences
+from .fidelity_prompts import FACTS, FIDELITY_VERSION, QUESTION_TEMPLATE, TEMPLATE, diary_sentences
 from .fidelity_stats import summary
 from .generation import Runner
 from .grid import budget_cells, wanted_keys
@@ -82,6 +89,7 @@ def run_fidelity(
     progress: bool = True,
     merge: bool = False,
     question_window: bool = True,
+    question_agnostic: bool = False,
 ) -> EvalResult:
     """Fidelity of each method at each KV budget to the full cache, on the evaluation's own facts.
 
@@ -105,7 +113,9 @@ def run_fidelity(
         progress: show a progress bar.
         merge: add this run's cells to an `out` over another grid.
         question_window: chat prompts score with the window before the template's assistant header and keep the
-            header in every head (`Engine.generate`'s default); False: the last prompt tokens score.
+            header in every head (`Engine.generate`'s default); False: the last prompt tokens score. Only
+            matters when the question is compressed (not with `question_agnostic`).
+        question_agnostic: compress the context alone and feed the question after compression (module docstring).
 
     Returns:
         The records (with `merge`, of the whole file), the summary (one row per method and kv_size) and the files.
@@ -122,6 +132,7 @@ def run_fidelity(
     settings = {
         "model": model, "backend": backend, "fidelity_version": FIDELITY_VERSION, "chat": chat,
         "head_scores": dict(head_scores or {}), "top_heads": top_heads, "question_window": question_window,
+        "question_agnostic": question_agnostic,
         "retrieval_scores": None if retrieval_scores is None else (
             "(dict)" if isinstance(retrieval_scores, dict) else Path(retrieval_scores).name),
     }
@@ -134,11 +145,12 @@ def run_fidelity(
         pending = {p: [c for c in cells if not store.done((*c, *asdict(p).values()))] for p in probes}
         pending = {p: todo for p, todo in pending.items() if todo}
         if pending:
-            _measure(runner, store, pending, top, top_heads, chat, question_window, progress)
+            _measure(runner, store, pending, top, top_heads, chat, question_window, question_agnostic, progress)
         columns, rows = summary(store.records, baseline)
         store.summary = {"columns": columns, "rows": rows, "baseline": baseline}
         records, grid = list(store.records), store.grid
-    title = (f"fidelity: {model}, lengths {grid['length']}, depths {grid['depth']}, {len(grid['fact'])} facts; "
+    setting = "question-agnostic" if question_agnostic else "question-aware"
+    title = (f"fidelity ({setting}): {model}, lengths {grid['length']}, depths {grid['depth']}, {len(grid['fact'])} facts; "
              f"answer log-prob in nats, SEs clustered by fact, d = paired difference vs {baseline}")
     result = EvalResult(records, columns, rows, format_table(columns, rows, title))
     if out is not None:
@@ -147,10 +159,11 @@ def run_fidelity(
 
 
 def _measure(runner: Runner, store: ResultStore, pending: dict, top, top_fraction: float, chat: bool,
-             question_window: bool, progress: bool) -> None:
+             question_window: bool, question_agnostic: bool, progress: bool) -> None:
     """Measure every pending (probe, cell) and store each probe's records as soon as it is done."""
     from tqdm.auto import tqdm
 
+    from ..questions import encode_context_and_questions
     from ..runner import ModelRunner
 
     wanted = dict.fromkeys(["full", *(m for todo in pending.values() for m, _ in todo)])
@@ -171,12 +184,19 @@ def _measure(runner: Runner, store: ResultStore, pending: dict, top, top_fractio
             prompt, _ = fit_haystack(lambda context: TEMPLATE.format(context=context, question=fact.question),
                                      lambda text: len(runner.encode(text, chat)), probe.length,
                                      [(probe.depth, fact.sentence)], filler=diary_sentences)
-            ids, header = engine.encode_with_header(prompt, chat_template=chat)
+            if question_agnostic:
+                question = QUESTION_TEMPLATE.format(question=fact.question)
+                ids, (suffix,) = encode_context_and_questions(tokenizer, prompt.removesuffix(question), [question],
+                                                              chat_template=chat)
+                header = 0
+            else:
+                (ids, header), suffix = engine.encode_with_header(prompt, chat_template=chat), []
+                header = header if question_window else 0
             spans = [tokenizer(p + fact.sentence, add_special_tokens=False)["input_ids"] for p in (" ", "")]
             answer = tokenizer(fact.sentence, add_special_tokens=False)["input_ids"]
             variants = [(built["full"], None), *((built[m], k) for m, k in todo if m != "full")]
             measured = measure_prompt(model_runner, recorder, ids, answer, locate_span(ids, *spans), variants, mask,
-                                      header if question_window else 0)
+                                      header, suffix)
             if top is None:
                 for record in measured:
                     record["needle_kept_top"] = math.nan

@@ -103,8 +103,9 @@ def measure_prompt(
     variants: Sequence[tuple[Method, int | None]],
     top_heads: torch.Tensor,
     header: int = 0,
+    suffix: Sequence[int] = (),
 ) -> list[dict]:
-    """Teacher-force `answer` after `ids` through every variant of one prefill.
+    """Teacher-force `answer` after `ids` (and `suffix`) through every variant of one prefill.
 
     Args:
         runner: a `ModelRunner` built with `recorder.backend`.
@@ -114,6 +115,9 @@ def measure_prompt(
         top_heads: bool `[num_layers, num_kv_heads]`, the heads `needle_kept_top` averages over.
         header: the prompt's trailing chat-template assistant-header tokens every head keeps and scoring leaves out
             (the question-aware window, `compress.with_header`); 0 scores with the last window tokens.
+        suffix: token ids fed after compression and before the answer, not scored (the question-agnostic setting:
+            `ids` is the context alone, `suffix` the question and the template's assistant header). The variants
+            see the suffix through their compressed caches, as a question asked of a compressed context.
 
     Returns:
         One dict per variant: `answer_logprob`, `kl`, `top1` (see `answer_scores`), `needle_kept` (mean over all
@@ -124,16 +128,17 @@ def measure_prompt(
         raise ValueError("answer has no tokens; the reference continuation needs at least one")
     for method, kv_size in variants:
         check_kv_size(kv_size, method, header)
-    (prompt,) = check_prompt_ids([list(ids)], runner.model.config, len(answer))
+    fed = [*suffix, *answer]
+    (prompt,) = check_prompt_ids([list(ids)], runner.model.config, len(fed))
     recorder.reset()
-    forced = torch.tensor(answer, dtype=torch.int64, device=runner.device)
+    forced = torch.tensor(fed, dtype=torch.int64, device=runner.device)
     with attention_implementation(runner.model, ATTENTION_NAME):
-        state = runner.prefill([prompt], [Variant(0, m, k, header) for m, k in variants], len(answer))
+        state = runner.prefill([prompt], [Variant(0, m, k, header) for m, k in variants], len(fed))
         logits = state.logits[:, None].float()
-        if len(answer) > 1:
+        if len(fed) > 1:
             rest = runner.teacher_force(state, forced[None, :-1].expand(len(variants), -1).contiguous())
             logits = torch.cat([logits, rest], dim=1)
-    scores = answer_scores(logits, forced)
+    scores = answer_scores(logits[:, len(suffix) :], forced[len(suffix) :])
     records = []
     for seq in range(len(variants)):
         kept = needle_kept(recorder.kept[seq], needle)

@@ -49,12 +49,20 @@ FACTS: tuple[Fact, ...] = (
          "What kind of kite did the twins Hallie and Rune fly over the dunes at Corla?"),
 )
 
-TEMPLATE = (
+CONTEXT_TEMPLATE = (
     "Below is the operations diary of a mountain railway. One sentence somewhere in it answers the question "
-    "that follows.\n\n<diary>\n{context}\n</diary>\n\n"
-    "Using only the diary, answer the question by repeating that sentence.\n"
+    "that follows.\n\n<diary>\n{context}\n</diary>\n"
+)
+"""The part of a prompt compressed in the question-agnostic setting (the diary and what introduces it). It ends
+after the first of the two newlines that follow the diary: byte-level BPE tokenizers (SmolLM2's, GPT-2's) split
+"\\n\\nUsing" as "\\n", "\\n", "Using", so cut there the two parts tokenize as the whole prompt does."""
+QUESTION_TEMPLATE = (
+    "\nUsing only the diary, answer the question by repeating that sentence.\n"
     "Question: {question}\nAnswer:"
 )
+"""The part asked of the compressed context in the question-agnostic setting."""
+TEMPLATE = CONTEXT_TEMPLATE + QUESTION_TEMPLATE
+"""A whole prompt (both settings measure the same text; the question-aware setting compresses all of it)."""
 
 _STATIONS = (
     "Upper Kessel", "the summit halt", "Birchfold junction", "the viaduct signal box", "Lowmoor depot",
