@@ -82,7 +82,7 @@ def calibrate_defaults(
     betas: Sequence[float] = BETAS,
     kv_sizes: Sequence[int] = (32, 64, 128, 256),
     lengths: Sequence[int] = (1500,),
-    depths: Sequence[int] = (30, 70),
+    depths: Sequence[int] = (30, 50, 70),
     needles: Sequence[str] | None = None,
     references: bool = True,
     chat: bool = True,

@@ -57,10 +57,10 @@ def _register_calibrate_defaults(subparsers: argparse._SubParsersAction) -> None
                           help="kv_sizes to calibrate (32,64,128,256)")
     defaults.add_argument("--lengths", type=int_list, nargs="+", default=[int_list("1500")],
                           help="calibration prompt lengths in tokens (1500)")
-    defaults.add_argument("--depths", type=int_list, nargs="+", default=[int_list("30,70")],
-                          help="needle depths in percent (30,70)")
+    defaults.add_argument("--depths", type=int_list, nargs="+", default=[int_list("30,50,70")],
+                          help="needle depths in percent (30,50,70)")
     defaults.add_argument("--needles", nargs="+", help="calibration needle ids (default all: retrieval-0..2, "
-                          "reasoning-0..3)")
+                          "reasoning-0..5)")
     defaults.add_argument("--no-references", action="store_true",
                           help="skip the SnapKV and full-cache reference rows (faster)")
     defaults.add_argument("--no-chat", action="store_true", help="do not use the chat template")
