@@ -16,7 +16,7 @@ from raggedkv.engine.eval import run_fidelity
 from raggedkv.engine.eval.fidelity import top_head_mask
 from raggedkv.engine.eval.fidelity_measure import KeptPositions, answer_scores, needle_kept
 from raggedkv.engine.eval.fidelity_prompts import FACTS, diary_sentences
-from raggedkv.engine.eval.fidelity_stats import clustered_mean, paired_differences
+from raggedkv.engine.eval.fidelity_stats import clustered_mean, paired_differences, versus
 from raggedkv.engine.eval.haystack import filler_sentences
 from raggedkv.engine.heads.haystack import haystack_sentences
 from raggedkv.engine.heads.needles import REASONING_NEEDLES, RETRIEVAL_NEEDLES
@@ -48,6 +48,22 @@ def test_paired_differences_pair_probes_at_the_same_kv_size():
     assert set(diffs) == {("x", 8)}
     mean, se, pairs = diffs["x", 8]
     assert (mean, pairs) == (2.0, 2) and se == pytest.approx(1.0)  # differences 1 and 3 in two clusters
+
+
+def test_versus_sets_one_method_against_every_other():
+    def record(method, kv_size, fact, value, beta=None):
+        return {"method": method, "kv_size": kv_size, "length": 100, "depth": 0, "fact": fact,
+                "answer_logprob": value, "beta": beta}
+
+    records = [record("full", None, f, 0.0) for f in "ab"]
+    records += [record("h", 8, "a", -1.0, 2.0), record("h", 8, "b", -2.0, 2.0)]
+    records += [record("s", 8, "a", -5.0), record("s", 8, "b", -7.0)]  # h - s: 4 and 5 -> 4.5 +- 0.5, t = 9
+    records += [record("p", 8, "a", -3.0), record("p", 8, "b", -2.0)]  # h - p: 2 and 0 -> 1.0 +- 1.0, t = 1
+    columns, rows = versus(records, "h")
+    assert columns == ["kv_size", "beta", "s", "p", "> 2 SE vs all"]
+    assert rows == [[8, "2", "+4.5 ± 0.5 (+9.0)", "+1.0 ± 1.0 (+1.0)", "no"]]
+    _, rows = versus([r for r in records if r["method"] != "p"], "h")
+    assert rows[0][-1] == "yes"
 
 
 def test_answer_scores_match_hand_computed_values():
@@ -135,7 +151,9 @@ def test_run_fidelity_records_resume_and_merge(tiny_model, tmp_path, monkeypatch
         raise AssertionError("a resumed run measured a cell already in the file")
 
     monkeypatch.setattr(fidelity_module, "measure_prompt", no_work)
-    assert len(run_fidelity(model=tiny_model, out=out, **GRID).records) == 6  # resumed: nothing left to do
+    resumed = run_fidelity(model=tiny_model, out=out, compare="streamingllm", **GRID)  # nothing left to do
+    assert len(resumed.records) == 6 and "streamingllm minus each method" in resumed.table
+    assert json.loads(out.read_text())["summary"]["versus"]["method"] == "streamingllm"
     monkeypatch.undo()
     with pytest.raises(ValueError, match="another grid"):
         run_fidelity(model=tiny_model, out=out, **{**GRID, "kv_sizes": [24]})
@@ -147,6 +165,8 @@ def test_run_fidelity_records_resume_and_merge(tiny_model, tmp_path, monkeypatch
 def test_bad_arguments_are_named(tiny_model):  # noqa: F811
     with pytest.raises(ValueError, match="baseline='pyramidkv'"):
         run_fidelity(model=tiny_model, baseline="pyramidkv", **GRID)
+    with pytest.raises(ValueError, match="compare='headkv-r2'"):
+        run_fidelity(model=tiny_model, compare="headkv-r2", **GRID)
     with pytest.raises(ValueError, match="facts=11"):
         run_fidelity(model=tiny_model, **{**GRID, "facts": 11})
 

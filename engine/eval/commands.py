@@ -139,6 +139,7 @@ def _fidelity_kwargs(args: argparse.Namespace) -> dict:
         "baseline": args.baseline,
         "top_heads": args.top_heads,
         "question_agnostic": args.question_agnostic,
+        "compare": args.compare,
     }
 
 
@@ -153,6 +154,9 @@ def _fidelity_parser(parser: argparse.ArgumentParser) -> None:
                         help="method (as spelled in --methods) the paired differences are taken against (snapkv)")
     parser.add_argument("--top-heads", type=float, default=0.1,
                         help="fraction of KV heads, by Retrieval score, for the top-heads needle-kept share (0.1)")
+    parser.add_argument("--compare", metavar="METHOD",
+                        help="also print METHOD (as spelled in --methods) minus every other compressed method, with "
+                        "SEs and whether it leads all by more than 2 SEs (reporting only: a finished --out is reused)")
     parser.add_argument("--question-agnostic", action="store_true",
                         help="compress the diary alone and ask the question of the compressed cache (the setting of "
                         "`generate --question`); default: the whole prompt, question included, is compressed")

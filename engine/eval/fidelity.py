@@ -32,7 +32,7 @@ from ..methods.head_scores import ScoreSource, packaged_score_file, read_head_sc
 from .fidelity_measure import KeptPositions, measure_prompt
 from .fidelity_plot import plot_fidelity
 from .fidelity_prompts import FACTS, FIDELITY_VERSION, QUESTION_TEMPLATE, TEMPLATE, diary_sentences
-from .fidelity_stats import summary
+from .fidelity_stats import summary, versus
 from .generation import Runner
 from .grid import budget_cells, wanted_keys
 from .haystack import fit_haystack
@@ -90,6 +90,7 @@ def run_fidelity(
     merge: bool = False,
     question_window: bool = True,
     question_agnostic: bool = False,
+    compare: str | None = None,
 ) -> EvalResult:
     """Fidelity of each method at each KV budget to the full cache, on the evaluation's own facts.
 
@@ -116,14 +117,18 @@ def run_fidelity(
             header in every head (`Engine.generate`'s default); False: the last prompt tokens score. Only
             matters when the question is compressed (not with `question_agnostic`).
         question_agnostic: compress the context alone and feed the question after compression (module docstring).
+        compare: a method (as spelled in `methods`) to set against every other compressed method: a second table
+            (`fidelity_stats.versus`), also in the JSON summary as `versus`; reporting only, so a finished file
+            rerun with it prints the table without measuring anything.
 
     Returns:
         The records (with `merge`, of the whole file), the summary (one row per method and kv_size) and the files.
     """
     methods = list(dict.fromkeys(["full", *(methods if methods is not None else DEFAULT_METHODS)]))
     check_grid(methods=methods, kv_sizes=kv_sizes, lengths=lengths, depths=depths, max_new_tokens=1)
-    if baseline not in methods:
-        raise ValueError(f"baseline={baseline!r} is not among the methods {methods}; add it to methods")
+    for name, value in (("baseline", baseline), ("compare", compare)):
+        if value is not None and value not in methods:
+            raise ValueError(f"{name}={value!r} is not among the methods {methods}; add it to methods")
     if isinstance(facts, bool) or not isinstance(facts, int) or not 1 <= facts <= len(FACTS):
         raise ValueError(f"facts={facts!r} must be an int between 1 and {len(FACTS)}")
     if retrieval_scores is None:
@@ -148,11 +153,18 @@ def run_fidelity(
             _measure(runner, store, pending, top, top_heads, chat, question_window, question_agnostic, progress)
         columns, rows = summary(store.records, baseline)
         store.summary = {"columns": columns, "rows": rows, "baseline": baseline}
+        if compare is not None:
+            versus_columns, versus_rows = versus(store.records, compare)
+            store.summary["versus"] = {"method": compare, "columns": versus_columns, "rows": versus_rows}
         records, grid = list(store.records), store.grid
     setting = "question-agnostic" if question_agnostic else "question-aware"
     title = (f"fidelity ({setting}): {model}, lengths {grid['length']}, depths {grid['depth']}, {len(grid['fact'])} facts; "
              f"answer log-prob in nats, SEs clustered by fact, d = paired difference vs {baseline}")
-    result = EvalResult(records, columns, rows, format_table(columns, rows, title))
+    table = format_table(columns, rows, title)
+    if compare is not None:
+        table += "\n\n" + format_table(versus_columns, versus_rows, f"{compare} minus each method: answer log-prob "
+                                        "(nats), d ± SE clustered by fact (t = d / SE), same probes and kv_size")
+    result = EvalResult(records, columns, rows, table)
     if out is not None:
         result.files += [Path(out), plot_fidelity(records, Path(out).with_suffix(".png"), title)]
     return result

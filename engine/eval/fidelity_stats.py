@@ -64,3 +64,34 @@ def summary(records: Sequence[dict], baseline: str) -> tuple[list[str], list[lis
             100 * math.fsum(r["kept_fraction"] for r in items) / len(items),
         ])
     return columns, rows
+
+
+def versus(records: Sequence[dict], method: str, margin: float = 2.0) -> tuple[list[str], list[list]]:
+    """`method` minus each other compressed method (not `full`), one row per kv_size `method` was measured at.
+
+    A cell reads `"+d ± se (t)"`: the mean paired difference in answer log-probability on the same probes, its SE
+    clustered by fact and `t = d / se`. `beta` is the beta `method` ran with (the records' `beta`; several values
+    joined by "/" when they differ across records). The last column says whether `method` is ahead of every other
+    method by more than `margin` SEs.
+    """
+    kv_sizes = sorted({r["kv_size"] for r in records if r["method"] == method and r["kv_size"] is not None})
+    others = list(dict.fromkeys(r["method"] for r in records if r["method"] not in (method, "full")))
+    columns = ["kv_size", "beta", *others, f"> {margin:g} SE vs all"]
+    rows = []
+    for kv_size in kv_sizes:
+        mine = [r for r in records if r["method"] == method and r["kv_size"] == kv_size]
+        betas = sorted({r.get("beta") for r in mine if r.get("beta") is not None})
+        cells, ahead = [], bool(others)
+        for other in others:
+            pair = [r for r in records if r["method"] in (method, other) and r["kv_size"] == kv_size]
+            diff = paired_differences(pair, other).get((method, kv_size))
+            if diff is None:
+                cells.append("-")
+                ahead = False
+                continue
+            d, se, _ = diff
+            t = d / se if se and not math.isnan(se) else math.nan
+            cells.append(f"{d:+.1f} ± {se:.1f} ({t:+.1f})")
+            ahead = ahead and t > margin
+        rows.append([kv_size, "/".join(f"{b:g}" for b in betas) or "-", *cells, "yes" if ahead else "no"])
+    return columns, rows
