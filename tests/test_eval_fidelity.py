@@ -60,10 +60,10 @@ def test_versus_sets_one_method_against_every_other():
     records += [record("s", 8, "a", -5.0), record("s", 8, "b", -7.0)]  # h - s: 4 and 5 -> 4.5 +- 0.5, t = 9
     records += [record("p", 8, "a", -3.0), record("p", 8, "b", -2.0)]  # h - p: 2 and 0 -> 1.0 +- 1.0, t = 1
     columns, rows = versus(records, "h")
-    assert columns == ["kv_size", "beta", "s", "p", "> 2 SE vs all"]
-    assert rows == [[8, "2", "+4.5 ± 0.5 (+9.0)", "+1.0 ± 1.0 (+1.0)", "no"]]
+    assert columns == ["kv_size", "beta", "s", "p", "not ahead by > 2 SE"]
+    assert rows == [[8, "2", "+4.5 ± 0.5 (+9.0)", "+1.0 ± 1.0 (+1.0)", "p"]]
     _, rows = versus([r for r in records if r["method"] != "p"], "h")
-    assert rows[0][-1] == "yes"
+    assert rows[0][-1] == "-"
 
 
 def test_answer_scores_match_hand_computed_values():

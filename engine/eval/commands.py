@@ -156,7 +156,8 @@ def _fidelity_parser(parser: argparse.ArgumentParser) -> None:
                         help="fraction of KV heads, by Retrieval score, for the top-heads needle-kept share (0.1)")
     parser.add_argument("--compare", metavar="METHOD",
                         help="also print METHOD (as spelled in --methods) minus every other compressed method, with "
-                        "SEs and whether it leads all by more than 2 SEs (reporting only: a finished --out is reused)")
+                        "SEs and the methods it does not lead by more than 2 SEs (reporting only: a finished --out is "
+                        "reused)")
     parser.add_argument("--question-agnostic", action="store_true",
                         help="compress the diary alone and ask the question of the compressed cache (the setting of "
                         "`generate --question`); default: the whole prompt, question included, is compressed")

@@ -71,27 +71,24 @@ def versus(records: Sequence[dict], method: str, margin: float = 2.0) -> tuple[l
 
     A cell reads `"+d ± se (t)"`: the mean paired difference in answer log-probability on the same probes, its SE
     clustered by fact and `t = d / se`. `beta` is the beta `method` ran with (the records' `beta`; several values
-    joined by "/" when they differ across records). The last column says whether `method` is ahead of every other
-    method by more than `margin` SEs.
+    joined by "/" when they differ across records). The last column names the methods `method` is not ahead of
+    by more than `margin` SEs ("-": it leads every one by more).
     """
     kv_sizes = sorted({r["kv_size"] for r in records if r["method"] == method and r["kv_size"] is not None})
     others = list(dict.fromkeys(r["method"] for r in records if r["method"] not in (method, "full")))
-    columns = ["kv_size", "beta", *others, f"> {margin:g} SE vs all"]
+    columns = ["kv_size", "beta", *others, f"not ahead by > {margin:g} SE"]
     rows = []
     for kv_size in kv_sizes:
         mine = [r for r in records if r["method"] == method and r["kv_size"] == kv_size]
         betas = sorted({r.get("beta") for r in mine if r.get("beta") is not None})
-        cells, ahead = [], bool(others)
+        cells, short = [], []
         for other in others:
             pair = [r for r in records if r["method"] in (method, other) and r["kv_size"] == kv_size]
             diff = paired_differences(pair, other).get((method, kv_size))
-            if diff is None:
-                cells.append("-")
-                ahead = False
-                continue
-            d, se, _ = diff
+            d, se, _ = diff if diff is not None else (math.nan, math.nan, 0)
             t = d / se if se and not math.isnan(se) else math.nan
-            cells.append(f"{d:+.1f} ± {se:.1f} ({t:+.1f})")
-            ahead = ahead and t > margin
-        rows.append([kv_size, "/".join(f"{b:g}" for b in betas) or "-", *cells, "yes" if ahead else "no"])
+            cells.append("-" if diff is None else f"{d:+.1f} ± {se:.1f} ({t:+.1f})")
+            if not t > margin:
+                short.append(other)
+        rows.append([kv_size, "/".join(f"{b:g}" for b in betas) or "-", *cells, ", ".join(short) or "-"])
     return columns, rows
