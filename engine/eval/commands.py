@@ -160,7 +160,8 @@ def _fidelity_parser(parser: argparse.ArgumentParser) -> None:
                         "reused)")
     parser.add_argument("--question-agnostic", action="store_true",
                         help="compress the diary alone and ask the question of the compressed cache (the setting of "
-                        "`generate --question`); default: the whole prompt, question included, is compressed")
+                        "Engine.generate(context, questions=...)); default: the whole prompt, question included, is "
+                        "compressed")
 
 
 def _report(result) -> int:
