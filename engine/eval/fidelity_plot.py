@@ -3,6 +3,7 @@ the full cache as a dashed reference line."""
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -41,8 +42,8 @@ def plot_fidelity(records: Sequence[dict], path: str | Path, title: str, metric:
     ax.set_xscale("log", base=2)
     ax.set_xticks(budgets, [str(b) for b in budgets])
     ax.set_xlabel("kv_size (tokens kept per KV head, window included)")
-    ax.set_ylabel("answer log-probability (nats), mean +- clustered SE" if metric == "answer_logprob" else metric)
-    ax.set_title(title, fontsize=9)
+    ax.set_ylabel("answer log-prob (nats), mean ± clustered SE" if metric == "answer_logprob" else metric)
+    ax.set_title("\n".join(textwrap.wrap(title, 90)), fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     path = Path(path)
