@@ -158,8 +158,9 @@ def run_fidelity(
             store.summary["versus"] = {"method": compare, "columns": versus_columns, "rows": versus_rows}
         records, grid = list(store.records), store.grid
     setting = "question-agnostic" if question_agnostic else "question-aware"
-    title = (f"fidelity ({setting}): {model}, lengths {grid['length']}, depths {grid['depth']}, {len(grid['fact'])} facts; "
-             f"answer log-prob in nats, SEs clustered by fact, d = paired difference vs {baseline}")
+    title = (f"fidelity ({setting}): {model}, lengths {grid['length']}, depths {grid['depth']}, "
+             f"{len(grid['fact'])} facts; answer log-prob in nats, SEs clustered by fact, d = paired difference vs "
+             f"{baseline}")
     table = format_table(columns, rows, title)
     if compare is not None:
         table += "\n\n" + format_table(versus_columns, versus_rows, f"{compare} minus each method: answer log-prob "
