@@ -201,7 +201,7 @@ def test_the_question_window_reaches_the_measurement_and_the_settings(tiny_model
     measure = fidelity_module.measure_prompt
 
     def recording(*args):
-        headers.append(args[7])  # measure_prompt(runner, recorder, ids, answer, needle, variants, top_heads, header, ..)
+        headers.append(args[7])  # measure_prompt(..., top_heads, header, suffix)
         return measure(*args)
 
     monkeypatch.setattr(fidelity_module, "measure_prompt", recording)
