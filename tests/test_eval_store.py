@@ -270,7 +270,7 @@ def test_the_readme_commands_leave_the_committed_results_alone(runners, tmp_path
     assert (tmp_path / "raggedkv-eval" / "reasoning-smollm2-135m-instruct.json").exists()
     assert sorted(p.name for p in copy.parent.iterdir()) == [committed.name]  # no plot redrawn there
 
-    reproduce = _readme_command("raggedkv eval niah --lengths 1000 2000 --depths 10 50 90")
+    reproduce = _readme_command("raggedkv eval niah --lengths 1000 2000 4000 --depths 10 50 90")
     assert reproduce[reproduce.index("--out") + 1] == f"eval-results/{committed.name}"
     assert cli([*reproduce, "--no-progress"]) == 0  # the committed file resumes: nothing left to answer
     assert runners[-1].sweeps == [] and json.loads(copy.read_text())["records"] == json.loads(committed.read_text())[
