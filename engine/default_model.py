@@ -83,11 +83,28 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
         os.chmod(tmp, 0o755)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        shutil.rmtree(out_dir, ignore_errors=True)
-        os.replace(tmp, out_dir)
+        kept = publish_folder(Path(tmp), out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"raggedkv: saved {DEFAULT_MODEL} to {out_dir}", file=sys.stderr, flush=True)
+    print(f"raggedkv: {'saved' if kept else 'another process saved'} {DEFAULT_MODEL} to {out_dir}", file=sys.stderr,
+          flush=True)
+
+
+def publish_folder(tmp: Path, out_dir: Path) -> bool:
+    """Move the complete model folder `tmp` to `out_dir`; True when it was moved. When another process (two
+    commands started at once on a fresh machine) has already published a complete folder there (one with a
+    `config.json`), keep that one, which it may be reading, and return False: the caller removes `tmp`. An
+    incomplete `out_dir` is replaced."""
+    if (out_dir / "config.json").is_file():
+        return False
+    shutil.rmtree(out_dir, ignore_errors=True)
+    try:
+        os.replace(tmp, out_dir)
+    except OSError:  # the other process published between the check and the move
+        if (out_dir / "config.json").is_file():
+            return False
+        raise
+    return True
 
 
 def cached_hub_folder(repo_id: str) -> Path | None:

