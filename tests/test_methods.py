@@ -425,6 +425,13 @@ def test_cli_methods_lists_every_method_and_its_defaults(capsys):
                   "head_scores=None a score file of kind 'reasoning' (a path or dict); None: the packaged one for "
                   "the model"]:
         assert shown in lines, shown
+    from raggedkv.engine.methods.defaults import calibrated_table
+
+    for method in ("headkv-r", "headkv-r2"):  # the shipped calibrated betas, under the method's parameters
+        table = calibrated_table("smollm2-135m-instruct", method, "beta")
+        shown = "smollm2-135m-instruct: " + ", ".join(f"{v:g} at kv_size {k}" for k, v in sorted(table.items()))
+        beta_line = lines.index(" ".join(f"{method} {METHODS[method].description}".split())) + 2
+        assert lines[beta_line].startswith("beta=None") and lines[beta_line + 1] == shown
 
 
 def test_cli_reads_prompt_files(tmp_path):

@@ -114,8 +114,23 @@ def describe_methods() -> str:
         lines.append(f"{name:<{width}}  {cls.description}")
         params = {f"{key}={value!r}": describe_parameter(cls, key) for key, value in method_parameters(name).items()}
         key_width = max(map(len, params))
-        lines += [f"{'':<{width}}    {key:<{key_width}}  {accepted}" for key, accepted in params.items()]
+        for (key, accepted), param in zip(params.items(), method_parameters(name)):
+            lines.append(f"{'':<{width}}    {key:<{key_width}}  {accepted}")
+            lines += [f"{'':<{width + key_width}}      {line}" for line in shipped_calibrations(name, param)]
     return "\n".join(lines)
+
+
+def shipped_calibrations(name: str, param: str) -> list[str]:
+    """One line per shipped sidecar that calibrates `param` of method `name`: `<model>: <value> at kv_size <n>, ...`
+    (what runs when the user passes no value)."""
+    from .defaults import packaged_sidecars, read_calibrated
+
+    lines = []
+    for slug, path in packaged_sidecars().items():
+        table = read_calibrated(path, name, param)
+        if table:
+            lines.append(f"{slug}: " + ", ".join(f"{value:g} at kv_size {size}" for size, value in sorted(table.items())))
+    return lines
 
 
 def run_methods(args: argparse.Namespace) -> int:

@@ -25,6 +25,11 @@ def defaults_path(model_name: str) -> Path:
     return DATA_DIR / f"{model_slug(model_name)}-defaults.json"
 
 
+def packaged_sidecars() -> dict[str, Path]:
+    """The shipped sidecars by model slug: every `engine/data/<model-slug>-defaults.json`."""
+    return {path.name.removesuffix("-defaults.json"): path for path in sorted(DATA_DIR.glob("*-defaults.json"))}
+
+
 def value_at(table: dict[int, float], kv_size: int) -> float:
     """The calibrated value for `kv_size`: the entry of the largest calibrated kv_size <= `kv_size`, or the
     smallest calibrated kv_size's entry below all of them.
