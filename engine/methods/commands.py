@@ -50,7 +50,9 @@ def _register_calibrate_defaults(subparsers: argparse._SubParsersAction) -> None
         "haystack's needles (never an evaluation's), measured by teacher-forced answer log-probability, and write "
         "engine/data/<model-slug>-defaults.json, which HeadKV reads when no beta is given.")
     defaults.add_argument("--model", default=DEFAULT_MODEL, help=f"model name or local folder ({DEFAULT_MODEL})")
-    defaults.add_argument("--methods", nargs="+", default=["headkv-r", "headkv-r2"], help="headkv-r headkv-r2")
+    defaults.add_argument("--methods", nargs="+", default=["headkv-r", "headkv-r2"],
+                          help="methods to calibrate (headkv-r headkv-r2); the sidecar keeps the rows of the others, "
+                          "so one command per method may run side by side")
     defaults.add_argument("--betas", type=float, nargs="+", default=[1.01, 1.5, 2.0, 3.0, 5.0, 10.0],
                           help="candidate betas (1.01 1.5 2 3 5 10)")
     defaults.add_argument("--kv-sizes", type=int_list, nargs="+", default=[int_list("32,64,128,256")],
@@ -69,8 +71,9 @@ def _register_calibrate_defaults(subparsers: argparse._SubParsersAction) -> None
                           "assistant header (the engine's default)")
     defaults.add_argument("--backend", default="auto", choices=("auto", "torch", "triton"), help="engine backend")
     defaults.add_argument("--log", type=Path, help="resumable measurements file "
-                          "(default raggedkv-eval/calibrate-defaults-<model>.json)")
-    defaults.add_argument("--out", type=Path, help="the sidecar (default engine/data/<model-slug>-defaults.json)")
+                          "(default raggedkv-eval/calibrate-defaults-<model>-<methods>.json)")
+    defaults.add_argument("--out", type=Path, help="the sidecar (default engine/data/<model-slug>-defaults.json); "
+                          "the rows of methods not calibrated by this run are kept")
     defaults.add_argument("--threads", type=int, help="torch CPU threads")
     defaults.add_argument("--no-progress", action="store_true", help="no progress bar")
     defaults.set_defaults(func=run_calibrate_defaults)
@@ -84,7 +87,7 @@ def run_calibrate_defaults(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    log = args.log or Path("raggedkv-eval") / f"calibrate-defaults-{model_slug(args.model)}.json"
+    log = args.log or Path("raggedkv-eval") / f"calibrate-defaults-{model_slug(args.model)}-{'-'.join(args.methods)}.json"
     flat = lambda lists: [v for values in lists for v in values]  # noqa: E731
     sidecar = calibrate_defaults(args.model, methods=args.methods, betas=args.betas, kv_sizes=flat(args.kv_sizes),
                                  lengths=flat(args.lengths), depths=flat(args.depths), needles=args.needles,
