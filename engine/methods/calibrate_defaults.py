@@ -132,7 +132,10 @@ def calibrate_defaults(
     cells = [(variant(m, b), k) for m in methods for b in betas for k in kv_sizes]
     if references:
         cells = [("full", None), *(("snapkv", k) for k in kv_sizes), *cells]
-    scores = {kind: packaged_score_file(model, kind) for kind in ("retrieval", "reasoning")}
+    from .registry import METHODS
+
+    kinds = sorted({kind for method in methods for kind in METHODS[method].score_files.values()})
+    scores = {kind: packaged_score_file(model, kind) for kind in kinds}  # the files these methods read
     score_hashes = {kind: None if path is None else hashlib.sha256(path.read_bytes()).hexdigest()[:16]
                     for kind, path in scores.items()}
     settings = {"model": model, "backend": backend, "chat": chat, "question_window": question_window,
