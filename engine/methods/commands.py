@@ -87,7 +87,8 @@ def run_calibrate_defaults(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    log = args.log or Path("raggedkv-eval") / f"calibrate-defaults-{model_slug(args.model)}-{'-'.join(args.methods)}.json"
+    methods = "-".join(args.methods)
+    log = args.log or Path("raggedkv-eval") / f"calibrate-defaults-{model_slug(args.model)}-{methods}.json"
     flat = lambda lists: [v for values in lists for v in values]  # noqa: E731
     sidecar = calibrate_defaults(args.model, methods=args.methods, betas=args.betas, kv_sizes=flat(args.kv_sizes),
                                  lengths=flat(args.lengths), depths=flat(args.depths), needles=args.needles,
@@ -132,7 +133,8 @@ def shipped_calibrations(name: str, param: str) -> list[str]:
     for slug, path in packaged_sidecars().items():
         table = read_calibrated(path, name, param)
         if table:
-            lines.append(f"{slug}: " + ", ".join(f"{value:g} at kv_size {size}" for size, value in sorted(table.items())))
+            values = (f"{value:g} at kv_size {size}" for size, value in sorted(table.items()))
+            lines.append(f"{slug}: " + ", ".join(values))
     return lines
 
 
