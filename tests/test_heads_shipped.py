@@ -75,4 +75,5 @@ def test_shipped_trials_are_reproduced(kind):
         got = torch.tensor(record["scores"], dtype=torch.float64).round(decimals=DIGITS)
         expected = torch.tensor([scores[f"{layer}-{head}"][column] for layer in range(30) for head in range(9)],
                                 dtype=torch.float64).view(30, 9)
-        torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+        # fp32 sums over many steps: semantic scores reach ~20, where thread-count rounding is ~1e-6 relative
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
