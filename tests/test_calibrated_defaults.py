@@ -112,7 +112,7 @@ def test_calibrating_one_method_keeps_the_other_methods_rows(tmp_path):
     with pytest.raises(ValueError, match="sidecar of model 'other', not 'smollm2-135m-instruct'"):
         kept_methods(out, MODEL, ["headkv-r2"])
     out.write_text("{not json")
-    with pytest.raises(ValueError, match="not a defaults sidecar"):
+    with pytest.raises(ValueError, match="is not valid JSON"):
         kept_methods(out, MODEL, ["headkv-r2"])
 
 

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..atomic_io import write_atomically
-from .defaults import defaults_path
+from .defaults import defaults_path, read_sidecar
 from .head_scores import packaged_score_file
 
 KEY_FIELDS = ("method", "kv_size", "length", "depth", "needle")
@@ -193,12 +193,9 @@ def kept_methods(out: Path, model: str, methods: Sequence[str]) -> dict:
         ValueError: `out` is not a sidecar of `model` (not JSON, or another model's).
     """
     empty = {"defaults": {}, "measured": {}, "runs": {}}
-    if not out.is_file():
+    old = read_sidecar(out)
+    if old is None:
         return empty
-    try:
-        old = json.loads(out.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"out={str(out)!r} exists and is not a defaults sidecar ({err})") from None
     if not isinstance(old, dict) or old.get("model") != model:
         found = old.get("model") if isinstance(old, dict) else None
         raise ValueError(f"out={str(out)!r} is the sidecar of model {found!r}, not {model!r}")

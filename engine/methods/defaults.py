@@ -43,6 +43,21 @@ def value_at(table: dict[int, float], kv_size: int) -> float:
     return table[max(at_or_below) if at_or_below else min(table)]
 
 
+def read_sidecar(path: str | Path) -> object:
+    """The parsed sidecar at `path` (None when the file does not exist).
+
+    Raises:
+        ValueError: a file that is not valid JSON.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"calibrated-defaults sidecar {str(path)!r} is not valid JSON ({err})") from None
+
+
 def read_calibrated(path: str | Path, method: str, param: str) -> dict[int, float] | None:
     """`{kv_size: value}` calibrated for `method`'s `param` in the sidecar at `path` (None when the file does not
     exist or does not calibrate that parameter).
@@ -50,13 +65,7 @@ def read_calibrated(path: str | Path, method: str, param: str) -> dict[int, floa
     Raises:
         ValueError: a sidecar that does not parse, or whose table is not `{"<positive int>": finite number}`.
     """
-    path = Path(path)
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"calibrated-defaults sidecar {str(path)!r} is not valid JSON ({err})") from None
+    data = read_sidecar(path)
     table = data.get("defaults", {}).get(method, {}).get(param) if isinstance(data, dict) else None
     if table is None:
         return None
