@@ -74,6 +74,32 @@ def test_choose_takes_the_best_mean_and_the_smallest_beta_on_ties():
     assert chosen["measured"]["32"]["1.01"] == [-8.0, 1.0, 2]
 
 
+def test_the_packaged_data_digest_covers_the_score_files_and_the_sidecar(tmp_path, monkeypatch):
+    monkeypatch.setattr(defaults, "DATA_DIR", tmp_path)
+    assert defaults.packaged_data_digest(MODEL) == {}
+    (tmp_path / f"{MODEL}-reasoning.json").write_text("{}")
+    (tmp_path / f"{MODEL}-reasoning.meta.json").write_text("{}")  # provenance, not read by a method
+    write_sidecar(tmp_path, {"32": 2.0})
+    digest = defaults.packaged_data_digest(MODEL)
+    assert set(digest) == {f"{MODEL}-reasoning.json", f"{MODEL}-defaults.json"}
+    assert all(len(value) == 16 for value in digest.values())
+    write_sidecar(tmp_path, {"32": 3.0})
+    changed = defaults.packaged_data_digest(MODEL)
+    assert changed[f"{MODEL}-defaults.json"] != digest[f"{MODEL}-defaults.json"]
+    assert changed[f"{MODEL}-reasoning.json"] == digest[f"{MODEL}-reasoning.json"]
+    assert defaults.packaged_data_digest("/models/other-model") == {}
+
+
+def test_the_cli_default_betas_are_the_calibration_grid():
+    from raggedkv.engine.cli import build_parser
+
+    parser = build_parser(["calibrate-defaults"])
+    action = next(a for a in parser._subparsers._group_actions[0].choices["calibrate-defaults"]._actions
+                  if a.dest == "betas")
+    assert action.default is None  # the command passes calibrate_defaults.BETAS
+    assert action.help == f"candidate betas ({' '.join(f'{b:g}' for b in BETAS)})"
+
+
 def test_calibration_data_are_the_head_scoring_needles():
     from raggedkv.engine.heads.needles import REASONING_NEEDLES, RETRIEVAL_NEEDLES
 

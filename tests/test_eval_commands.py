@@ -142,6 +142,26 @@ def test_an_interrupted_run_resumes_where_it_stopped(tiny_model, tmp_path, monke
     assert calls == []  # everything is done: nothing is generated
 
 
+def test_a_file_measured_with_other_packaged_data_is_not_resumed(tiny_model, tmp_path, monkeypatch):
+    """The settings record the packaged score files and defaults sidecar a method reads by default: after a
+    recalibration the old file is refused (naming the change), not silently mixed with new records."""
+    from raggedkv.engine.methods import defaults
+    from raggedkv.engine.methods.head_scores import model_slug
+
+    monkeypatch.setattr(defaults, "DATA_DIR", tmp_path)
+    sidecar = tmp_path / f"{model_slug(tiny_model)}-defaults.json"
+    sidecar.write_text(json.dumps({"defaults": {"headkv-r2": {"beta": {"16": 2.0}}}}))
+    grid = {"model": tiny_model, "methods": ["full"], "kv_sizes": [16], "lengths": [200], "depths": [50],
+            "needles": 1, "max_new_tokens": 2, "out": tmp_path / "niah.json", "progress": False}
+    run_niah(**grid)
+    recorded = json.loads(grid["out"].read_text())["settings"]["packaged_data"]
+    assert list(recorded) == [sidecar.name]
+    run_niah(**grid)  # the same data: resumed
+    sidecar.write_text(json.dumps({"defaults": {"headkv-r2": {"beta": {"16": 3.0}}}}))
+    with pytest.raises(ValueError, match=r"other settings \(packaged_data: "):
+        run_niah(**grid)
+
+
 def write_longbench_fixtures(folder: Path) -> dict[str, list[dict]]:
     """Two made-up examples for each of a handful of datasets, one with a context longer than the model."""
     long_context = " ".join(filler_sentences(400))

@@ -28,6 +28,7 @@ import torch
 
 from ..default_model import DEFAULT_MODEL
 from ..heads.prompt import locate_span
+from ..methods.defaults import packaged_data_digest
 from ..methods.head_scores import ScoreSource, packaged_score_file, read_head_scores
 from .fidelity_measure import KeptPositions, measure_prompt
 from .fidelity_plot import plot_fidelity
@@ -138,6 +139,7 @@ def run_fidelity(
         "model": model, "backend": backend, "fidelity_version": FIDELITY_VERSION, "chat": chat,
         "head_scores": dict(head_scores or {}), "top_heads": top_heads, "question_window": question_window,
         "question_agnostic": question_agnostic,
+        "packaged_data": packaged_data_digest(model),
         "retrieval_scores": None if retrieval_scores is None else (
             "(dict)" if isinstance(retrieval_scores, dict) else Path(retrieval_scores).name),
     }

@@ -128,10 +128,13 @@ def run_longbench(
     if max_new_tokens is not None and max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens} must be a positive integer")
     examples = {dataset: load_examples(data_dir, dataset, limit) for dataset in datasets}
+    from ..methods.defaults import packaged_data_digest
+
     settings = {
         "model": model, "backend": backend, "protocol_version": PROTOCOL_VERSION, "max_length": max_length,
         "max_new_tokens": max_new_tokens,
         "chat": chat, "head_scores": dict(head_scores or {}), "question_window": question_window,
+        "packaged_data": packaged_data_digest(model),
     }
     runner = Runner(model, backend=backend, head_scores=head_scores, question_window=question_window)
 

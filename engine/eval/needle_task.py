@@ -104,10 +104,12 @@ def run_needle_task(
                max_new_tokens=max_new_tokens)
     if not 1 <= needles <= len(task.items):
         raise ValueError(f"needles={needles} must be between 1 and {len(task.items)}")
+    from ..methods.defaults import packaged_data_digest
+
     settings = {
         "model": model, "backend": backend, "task_version": task.version, "haystack_version": HAYSTACK_VERSION,
         "max_new_tokens": max_new_tokens, "chat": chat, "head_scores": dict(head_scores or {}),
-        "question_window": question_window,
+        "question_window": question_window, "packaged_data": packaged_data_digest(model),
     }
     runner = Runner(model, backend=backend, head_scores=head_scores, question_window=question_window)
     probes = [Probe(n, d, needle) for n in lengths for d in depths for needle in list(task.items)[:needles]]

@@ -53,8 +53,8 @@ def _register_calibrate_defaults(subparsers: argparse._SubParsersAction) -> None
     defaults.add_argument("--methods", nargs="+", default=["headkv-r", "headkv-r2"],
                           help="methods to calibrate (headkv-r headkv-r2); the sidecar keeps the rows of the others, "
                           "so one command per method may run side by side")
-    defaults.add_argument("--betas", type=float, nargs="+", default=[1.01, 1.5, 2.0, 3.0, 5.0, 10.0],
-                          help="candidate betas (1.01 1.5 2 3 5 10)")
+    defaults.add_argument("--betas", type=float, nargs="+",  # default: calibrate_defaults.BETAS (imports torch)
+                          help="candidate betas (1.01 1.25 1.5 1.75 2 3 5 10)")
     defaults.add_argument("--kv-sizes", type=int_list, nargs="+", default=[int_list("32,64,128,256")],
                           help="kv_sizes to calibrate (32,64,128,256)")
     defaults.add_argument("--lengths", type=int_list, nargs="+", default=[int_list("1500")],
@@ -80,7 +80,7 @@ def _register_calibrate_defaults(subparsers: argparse._SubParsersAction) -> None
 
 
 def run_calibrate_defaults(args: argparse.Namespace) -> int:
-    from .calibrate_defaults import calibrate_defaults
+    from .calibrate_defaults import BETAS, calibrate_defaults
     from .head_scores import model_slug
 
     if args.threads is not None:
@@ -90,8 +90,8 @@ def run_calibrate_defaults(args: argparse.Namespace) -> int:
     methods = "-".join(args.methods)
     log = args.log or Path("raggedkv-eval") / f"calibrate-defaults-{model_slug(args.model)}-{methods}.json"
     flat = lambda lists: [v for values in lists for v in values]  # noqa: E731
-    sidecar = calibrate_defaults(args.model, methods=args.methods, betas=args.betas, kv_sizes=flat(args.kv_sizes),
-                                 lengths=flat(args.lengths), depths=flat(args.depths), needles=args.needles,
+    sidecar = calibrate_defaults(args.model, methods=args.methods, betas=args.betas or BETAS,
+                                 kv_sizes=flat(args.kv_sizes), lengths=flat(args.lengths), depths=flat(args.depths), needles=args.needles,
                                  references=not args.no_references, chat=not args.no_chat,
                                  question_window=args.question_window,
                                  backend=args.backend, log=log, out=args.out, progress=not args.no_progress)

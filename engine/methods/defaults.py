@@ -13,11 +13,13 @@ chosen with those); otherwise, or without a sidecar, it uses its published defau
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
 
 from .head_scores import DATA_DIR, model_slug
+from .score_kinds import SCORE_KINDS
 
 
 def defaults_path(model_name: str) -> Path:
@@ -28,6 +30,18 @@ def defaults_path(model_name: str) -> Path:
 def packaged_sidecars() -> dict[str, Path]:
     """The shipped sidecars by model slug: every `engine/data/<model-slug>-defaults.json`."""
     return {path.name.removesuffix("-defaults.json"): path for path in sorted(DATA_DIR.glob("*-defaults.json"))}
+
+
+def packaged_data_digest(model_name: str) -> dict[str, str]:
+    """What a method reads by default for `model_name`: the file name -> the first 16 hex digits of its SHA-256,
+    for each packaged score file and the defaults sidecar that exist (`{}` for a model without packaged data).
+
+    Results files record it in their settings, so that a file measured with other shipped scores or calibrated
+    values is never resumed as if it were the same run.
+    """
+    slug = model_slug(model_name)
+    paths = [DATA_DIR / f"{slug}-{kind}.json" for kind in SCORE_KINDS] + [defaults_path(model_name)]
+    return {path.name: hashlib.sha256(path.read_bytes()).hexdigest()[:16] for path in paths if path.is_file()}
 
 
 def value_at(table: dict[int, float], kv_size: int) -> float:
