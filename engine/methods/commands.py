@@ -91,7 +91,8 @@ def run_calibrate_defaults(args: argparse.Namespace) -> int:
     log = args.log or Path("raggedkv-eval") / f"calibrate-defaults-{model_slug(args.model)}-{methods}.json"
     flat = lambda lists: [v for values in lists for v in values]  # noqa: E731
     sidecar = calibrate_defaults(args.model, methods=args.methods, betas=args.betas or BETAS,
-                                 kv_sizes=flat(args.kv_sizes), lengths=flat(args.lengths), depths=flat(args.depths), needles=args.needles,
+                                 kv_sizes=flat(args.kv_sizes), lengths=flat(args.lengths), depths=flat(args.depths),
+                                 needles=args.needles,
                                  references=not args.no_references, chat=not args.no_chat,
                                  question_window=args.question_window,
                                  backend=args.backend, log=log, out=args.out, progress=not args.no_progress)
