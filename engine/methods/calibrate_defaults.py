@@ -15,7 +15,6 @@ rows and keeps the others' (so the methods may be calibrated by separate command
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import sys
 from collections.abc import Sequence
@@ -23,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..atomic_io import write_atomically
-from .defaults import defaults_path, read_sidecar
+from .defaults import defaults_path, file_digest, read_sidecar
 from .head_scores import packaged_score_file
 
 KEY_FIELDS = ("method", "kv_size", "length", "depth", "needle")
@@ -136,8 +135,7 @@ def calibrate_defaults(
 
     kinds = sorted({kind for method in methods for kind in METHODS[method].score_files.values()})
     scores = {kind: packaged_score_file(model, kind) for kind in kinds}  # the files these methods read
-    score_hashes = {kind: None if path is None else hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-                    for kind, path in scores.items()}
+    score_hashes = {kind: None if path is None else file_digest(path) for kind, path in scores.items()}
     settings = {"model": model, "backend": backend, "chat": chat, "question_window": question_window,
                 "score_files": score_hashes}
     wanted = [(*cell, *asdict(p).values()) for cell in cells for p in probes]

@@ -32,6 +32,12 @@ def packaged_sidecars() -> dict[str, Path]:
     return {path.name.removesuffix("-defaults.json"): path for path in sorted(DATA_DIR.glob("*-defaults.json"))}
 
 
+def file_digest(path: Path) -> str:
+    """The first 16 hex digits of the SHA-256 of the file at `path`: how sidecars and results files name the data
+    they were made with."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
 def packaged_data_digest(model_name: str) -> dict[str, str]:
     """What a method reads by default for `model_name`: the file name -> the first 16 hex digits of its SHA-256,
     for each packaged score file and the defaults sidecar that exist (`{}` for a model without packaged data).
@@ -41,7 +47,7 @@ def packaged_data_digest(model_name: str) -> dict[str, str]:
     """
     slug = model_slug(model_name)
     paths = [DATA_DIR / f"{slug}-{kind}.json" for kind in SCORE_KINDS] + [defaults_path(model_name)]
-    return {path.name: hashlib.sha256(path.read_bytes()).hexdigest()[:16] for path in paths if path.is_file()}
+    return {path.name: file_digest(path) for path in paths if path.is_file()}
 
 
 def value_at(table: dict[int, float], kv_size: int) -> float:
