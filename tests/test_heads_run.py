@@ -197,6 +197,8 @@ def test_score_heads_command_writes_the_three_files(tiny_dir, tmp_path, monkeypa
     assert meta["accepted_trials"] == [s.id for s in RunSettings("m", kind, (0, 400), (0.0, 100.0), False).trials()]
     assert meta["command"].startswith(f"raggedkv score-heads --model {tiny_dir} --kind {kind} --lengths 0 400")
     assert {"versions", "date", "grid", "run", "summary"} <= meta.keys()
+    count = len(needles_for(kind))  # 4 trials each; the split puts the even-numbered needles first
+    assert meta["summary"]["split_half"]["trials"] == [4 * ((count + 1) // 2), 4 * (count // 2)]
     assert (tmp_path / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     load_head_scores(tmp_path / f"{stem}.json", ModelShape(LAYERS, HEADS, KV_HEADS, HEAD_DIM))
 

@@ -10,7 +10,7 @@ import raggedkv.engine
 import torch
 from raggedkv.engine.models import load_model
 from raggedkv.engine.heads.needles import needles_for, needles_version
-from raggedkv.engine.heads.output import DIGITS, mean_table, summarize
+from raggedkv.engine.heads.output import DIGITS, mean_table, split_half_agreement, summarize
 from raggedkv.engine.heads.run import KINDS
 from raggedkv.engine.heads.trial import TrialSpec, run_trial
 from raggedkv.engine.methods.base import ModelShape
@@ -37,7 +37,8 @@ def test_shipped_scores_match_their_sidecar(kind):
     assert meta["model"] == SLUG and meta["kind"] == kind
     assert meta["command"].startswith(f"raggedkv score-heads --model {SLUG} --kind {kind} ")
     torch.testing.assert_close(table, mean_table(scores, 30, 9))
-    assert summarize(table) == meta["summary"]
+    needles = [int(trial_id.split("-")[0].removeprefix("n")) for trial_id in meta["accepted_trials"]]
+    assert meta["summary"] == {**summarize(table), "split_half": split_half_agreement(scores, needles)}
     assert (DATA / f"{SLUG}-{kind}.png").is_file()
 
 
@@ -50,6 +51,7 @@ def test_reasoning_scores_rest_on_fifty_accepted_trials_spread_over_the_grid():
         assert all(accepted > 0 for accepted, _ in meta["acceptance"][axis].values()), axis
     assert meta["grid"]["needles_version"] == needles_version("reasoning")
     assert meta["grid"]["needles"] == [asdict(needle) for needle in needles_for("reasoning")]
+    assert meta["summary"]["split_half"]["pearson"] > 0.9  # scores from disjoint needles agree
 
 
 def test_reasoning_scores_are_denser_than_retrieval_scores():

@@ -85,7 +85,7 @@ def _score_heads(args: argparse.Namespace) -> int:
     from ..methods.head_scores import model_slug
     from ..models import load_model, model_shape
     from .heatmap import save_heatmap
-    from .output import head_score_lists, mean_table, summarize, write_json
+    from .output import head_score_lists, mean_table, split_half_agreement, summarize, write_json
     from .run import RunSettings, run_grid
     from .sidecar import build_sidecar
 
@@ -105,7 +105,8 @@ def _score_heads(args: argparse.Namespace) -> int:
     layers, heads = shape.num_layers, shape.num_qo_heads
     lists = head_score_lists(records, layers, heads)
     table = mean_table(lists, layers, heads)
-    summary = summarize(table)
+    needles = [r["needle"] for r in records if r["accepted"]]
+    summary = {**summarize(table), "split_half": split_half_agreement(lists, needles)}
     accepted = sum(r["accepted"] for r in records)
     model_info = {"device": str(model.device), "dtype": str(model.dtype).removeprefix("torch.")}
     sidecar = build_sidecar(settings, records, summary, canonical_command(args), model_info,
@@ -116,5 +117,9 @@ def _score_heads(args: argparse.Namespace) -> int:
                  f"{model_slug(args.model)} {args.kind} heads: {accepted}/{len(records)} trials accepted")
     print(f"{args.kind}: {accepted}/{len(records)} trials accepted; {summary['zero_score_heads']}/"
           f"{summary['heads']} heads score 0; top heads {summary['top_heads'][:3]}")
+    if summary["split_half"] is not None:
+        half = summary["split_half"]
+        print(f"split by needle ({half['split']}): the halves' mean scores correlate at r = {half['pearson']}; "
+              f"{half['top_heads_shared'][0]} of their top {half['top_heads_shared'][1]} heads are shared")
     print("wrote " + ", ".join(str(p) for p in path.values()))
     return 0

@@ -8,6 +8,7 @@ are rounded to `DIGITS` decimals, far below the run-to-run noise of the attentio
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -56,6 +57,44 @@ def summarize(table: torch.Tensor, top: int = 10) -> dict:
         "zero_score_heads": int((flat == 0).sum()),
         "zero_score_fraction": round(float((flat == 0).double().mean()), 4),
         "top_heads": [[f"{int(i) // heads}-{int(i) % heads}", round(float(flat[i]), DIGITS)] for i in order],
+    }
+
+
+def split_half_agreement(lists: dict[str, list[float]], needles: Sequence[int], top_fraction: float = 0.1) -> dict | None:
+    """How much the head scores depend on which needles were asked: the accepted trials split by needle (even- vs
+    odd-numbered needles), each half's mean score per head, then the Pearson correlation of the two halves over the
+    heads (HeadKV's budgets are proportional to the mean score) and how many of each half's top `top_fraction` heads
+    are shared.
+
+    Args:
+        lists: `{"layer-head": [score per accepted trial]}` (`head_score_lists`).
+        needles: the needle index of each accepted trial, in the lists' order.
+
+    Returns:
+        `{"split": "needles 0, 2 | 1", "trials": [a, b], "pearson": r, "top_heads_shared": [shared, top]}`;
+        `pearson` is None when a half scores every head alike. None when the accepted trials come from fewer than
+        two needles (no split is possible).
+
+    Raises:
+        ValueError: `needles` and a head's list differ in length.
+    """
+    if any(len(values) != len(needles) for values in lists.values()):
+        raise ValueError(f"needles has {len(needles)} entries; the score lists hold one per accepted trial")
+    groups = sorted(set(needles))
+    if len(groups) < 2:
+        return None
+    first = torch.tensor([needle in groups[0::2] for needle in needles])
+    scores = torch.tensor(list(lists.values()), dtype=torch.float64)  # [heads, trials]
+    halves = scores[:, first].mean(dim=1), scores[:, ~first].mean(dim=1)
+    spread = min(float(half.std()) for half in halves)
+    pearson = round(float(torch.corrcoef(torch.stack(halves))[0, 1]), 4) if spread > 0 else None
+    top = max(1, round(top_fraction * scores.shape[0]))
+    tops = [set(half.argsort(descending=True, stable=True)[:top].tolist()) for half in halves]
+    return {
+        "split": "needles " + " | ".join(", ".join(map(str, groups[start::2])) for start in (0, 1)),
+        "trials": [int(first.sum()), int((~first).sum())],
+        "pearson": pearson,
+        "top_heads_shared": [len(tops[0] & tops[1]), top],
     }
 
 
