@@ -13,7 +13,11 @@ it is not found verbatim in the templated text) gets no header: the plain window
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from transformers import PreTrainedTokenizerBase
+
+PROBE = "Which one is it?"  # user content for finding the header a template puts after any user turn
 
 
 def encode_user_turn(tokenizer: PreTrainedTokenizerBase, content: str) -> tuple[list[int], int]:
@@ -39,3 +43,19 @@ def header_length(tokenizer: PreTrainedTokenizerBase, text: str, content: str, i
             break
         common += 1
     return len(ids) - common
+
+
+def assistant_header_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The header token ids the tokenizer's chat template puts after a user turn's content (`encode_user_turn` of a
+    probe question); empty when the tokenizer has no chat template or the header cannot be found."""
+    if not getattr(tokenizer, "chat_template", None):
+        return []
+    ids, header = encode_user_turn(tokenizer, PROBE)
+    return ids[len(ids) - header :]
+
+
+def trailing_header(prompt_ids: Sequence[int], header_ids: Sequence[int]) -> int:
+    """`len(header_ids)` when `prompt_ids` ends with `header_ids` and has a token before them (the user's), else 0:
+    the `header_tokens` of token ids templated elsewhere (`raggedkv.compressed`)."""
+    size = len(header_ids)
+    return size if 0 < size < len(prompt_ids) and list(prompt_ids[-size:]) == list(header_ids) else 0

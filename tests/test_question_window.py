@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from raggedkv.engine import Engine
 from raggedkv.engine.backend import get_backend
-from raggedkv.engine.chat_header import encode_user_turn
+from raggedkv.engine.chat_header import assistant_header_ids, encode_user_turn, trailing_header
 from raggedkv.engine.compress import prefix_scores
 from raggedkv.engine.default_model import models_dir
 from raggedkv.engine.methods import Scoring
@@ -44,6 +44,19 @@ def test_header_of_a_tiny_chat_template():
 def test_a_template_that_rewrites_the_content_has_no_header():
     ids, header = encode_user_turn(chat_tokenizer(REWRITING_TEMPLATE), "where is it?")
     assert header == 0 and len(ids) == len("(WHERE IS IT?)A:")
+
+
+def test_the_header_is_found_at_the_end_of_token_ids():
+    tokenizer = chat_tokenizer()
+    header_ids = assistant_header_ids(tokenizer)
+    assert tokenizer.decode(header_ids) == ")A:"
+    assert assistant_header_ids(char_tokenizer()) == []  # no chat template
+    assert assistant_header_ids(chat_tokenizer(REWRITING_TEMPLATE)) == []
+    ids, header = encode_user_turn(tokenizer, "is it there?")
+    assert trailing_header(ids, header_ids) == header == HEADER
+    assert trailing_header(ids[:-1], header_ids) == 0  # the header cut short
+    assert trailing_header(header_ids, header_ids) == 0  # no user token before it
+    assert trailing_header(ids, []) == 0
 
 
 @pytest.mark.skipif(not (SMOLLM2 / "tokenizer_config.json").is_file(), reason="SmolLM2 not converted locally")

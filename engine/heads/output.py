@@ -60,7 +60,9 @@ def summarize(table: torch.Tensor, top: int = 10) -> dict:
     }
 
 
-def split_half_agreement(lists: dict[str, list[float]], needles: Sequence[int], top_fraction: float = 0.1) -> dict | None:
+def split_half_agreement(
+    lists: dict[str, list[float]], needles: Sequence[int], top_fraction: float = 0.1
+) -> dict | None:
     """How much the head scores depend on which needles were asked: the accepted trials split by needle (even- vs
     odd-numbered needles), each half's mean score per head, then the Pearson correlation of the two halves over the
     heads (HeadKV's budgets are proportional to the mean score) and how many of each half's top `top_fraction` heads
