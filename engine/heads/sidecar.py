@@ -1,5 +1,6 @@
 """The sidecar of a score file: how it was made (model, grid, command, versions, date, run time) and what came out
-(acceptance counts, the accepted trials in file order, zero-score heads, the top heads)."""
+(acceptance counts, the accepted trials in file order, zero-score heads, the top heads, the split-by-needle
+agreement)."""
 
 from __future__ import annotations
 
