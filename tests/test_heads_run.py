@@ -211,3 +211,17 @@ def test_score_heads_command_writes_the_three_files(tiny_dir, tmp_path, monkeypa
 def test_score_heads_rejects_lengths_beyond_the_context(tiny_dir, tmp_path):
     with pytest.raises(ValueError, match="--lengths 4000"):
         score_heads(["--model", str(tiny_dir), "--kind", "retrieval", "--lengths", "4000", "--out", str(tmp_path)])
+
+
+def test_score_heads_refuses_a_trial_log_of_other_settings_before_loading_the_weights(tiny_dir, tmp_path,
+                                                                                    monkeypatch):
+    argv = ["--model", str(tiny_dir), "--kind", "retrieval", "--lengths", "0", "--depths", "0", "--out",
+            str(tmp_path), "--max-new-tokens", "3", "--no-progress"]
+    monkeypatch.setattr(trial, "accepted", lambda metric: True)
+    assert score_heads(argv) == 0
+    log = tmp_path / f"{tiny_dir.name}-retrieval.trials.jsonl"
+    before = log.read_text()
+    monkeypatch.setattr("raggedkv.engine.models.load_model", lambda *args: pytest.fail("the weights were loaded"))
+    with pytest.raises(ValueError, match=r"was written with other settings \(depths, lengths\)"):
+        score_heads([*argv[:4], "--lengths", "400", "--depths", "100", *argv[8:]])
+    assert log.read_text() == before  # left untouched

@@ -82,23 +82,30 @@ def run_score_heads(args: argparse.Namespace) -> int:
 
 def _score_heads(args: argparse.Namespace) -> int:
     """The run itself, without the signal handling."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from ..default_model import resolve_model
     from ..methods.head_scores import model_slug
     from ..models import load_model, model_shape
     from .heatmap import save_heatmap
     from .output import head_score_lists, mean_table, split_half_agreement, summarize, write_json
-    from .run import RunSettings, run_grid
+    from .run import RunSettings, read_trial_log, run_grid
     from .sidecar import build_sidecar
 
     started = time.perf_counter()
-    model, tokenizer = load_model(args.model, args.device)
+    folder = resolve_model(args.model)  # config and tokenizer first: a bad grid or trial log is refused before
+    tokenizer = AutoTokenizer.from_pretrained(folder)  # any weights load
     chat = not args.no_chat_template and tokenizer.chat_template is not None
     settings = RunSettings(args.model, args.kind, tuple(args.lengths), tuple(args.depths), chat, args.max_new_tokens)
-    context = model.config.max_position_embeddings
+    context = AutoConfig.from_pretrained(folder).max_position_embeddings
     if max(args.lengths) + args.max_new_tokens > context:
         raise ValueError(f"--lengths {max(args.lengths)} plus --max-new-tokens {args.max_new_tokens} exceeds the "
                          f"model's context of {context} tokens")
     name = f"{model_slug(args.model)}-{args.kind}"
     path = {ext: args.out / f"{name}{ext}" for ext in (".json", ".meta.json", ".png", ".trials.jsonl")}
+    if path[".trials.jsonl"].exists():
+        read_trial_log(path[".trials.jsonl"], settings.header())
+    model, tokenizer = load_model(folder, args.device)
     records = run_grid(model, tokenizer, settings, path[".trials.jsonl"], progress=not args.no_progress)
 
     shape = model_shape(model.config)
