@@ -50,5 +50,5 @@ def test_no_split_from_one_needle_and_no_correlation_from_a_flat_half():
 
 
 def test_needles_must_match_the_score_lists():
-    with pytest.raises(ValueError, match="needles has 1 entries"):
+    with pytest.raises(ValueError, match=r"needles holds 1 needle indices, but the score lists hold 2 scores"):
         split_half_agreement({"0-0": [1.0, 2.0]}, [0])

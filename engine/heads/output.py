@@ -80,8 +80,10 @@ def split_half_agreement(
     Raises:
         ValueError: `needles` and a head's list differ in length.
     """
-    if any(len(values) != len(needles) for values in lists.values()):
-        raise ValueError(f"needles has {len(needles)} entries; the score lists hold one per accepted trial")
+    lengths = sorted({len(values) for values in lists.values()})
+    if lengths and lengths != [len(needles)]:
+        raise ValueError(f"needles holds {len(needles)} needle indices, but the score lists hold {lengths[-1]} scores "
+                         "(one per accepted trial)")
     groups = sorted(set(needles))
     if len(groups) < 2:
         return None
