@@ -75,7 +75,8 @@ def test_choose_takes_the_best_mean_and_the_smallest_beta_on_ties():
 
 
 def test_the_packaged_data_digest_covers_the_score_files_and_the_sidecar(tmp_path, monkeypatch):
-    monkeypatch.setattr(defaults, "DATA_DIR", tmp_path)
+    monkeypatch.setattr(defaults, "DATA_DIR", tmp_path)  # the sidecar's folder
+    monkeypatch.setattr("raggedkv.engine.methods.head_scores.DATA_DIR", tmp_path)  # the score files' folder
     assert defaults.packaged_data_digest(MODEL) == {}
     (tmp_path / f"{MODEL}-reasoning.json").write_text("{}")
     (tmp_path / f"{MODEL}-reasoning.meta.json").write_text("{}")  # provenance, not read by a method

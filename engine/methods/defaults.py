@@ -18,7 +18,7 @@ import json
 import math
 from pathlib import Path
 
-from .head_scores import DATA_DIR, model_slug
+from .head_scores import DATA_DIR, model_slug, packaged_score_file
 from .score_kinds import SCORE_KINDS
 
 
@@ -45,9 +45,8 @@ def packaged_data_digest(model_name: str) -> dict[str, str]:
     Results files record it in their settings, so that a file measured with other shipped scores or calibrated
     values is never resumed as if it were the same run.
     """
-    slug = model_slug(model_name)
-    paths = [DATA_DIR / f"{slug}-{kind}.json" for kind in SCORE_KINDS] + [defaults_path(model_name)]
-    return {path.name: file_digest(path) for path in paths if path.is_file()}
+    paths = [packaged_score_file(model_name, kind) for kind in SCORE_KINDS] + [defaults_path(model_name)]
+    return {path.name: file_digest(path) for path in paths if path is not None and path.is_file()}
 
 
 def value_at(table: dict[int, float], kv_size: int) -> float:
